@@ -1,0 +1,183 @@
+"""NGF as a defence: natural-gradient fine-tuning of one (or a few) linear layers, with its
+strength chosen from clean data alone."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from torch.utils.data import Dataset
+
+from ..errors import NgfkitError
+from ..fisher import FISHER_TYPES
+from ..metrics import evaluate, predict
+from ..models import classifier_layer
+from ..ngf import (CombinedHooks, FisherRegulariser, NaturalGradient, cache_features, frozen_except,
+                   layer_statistics)
+from ..train import TrainConfig, train_model
+from .base import DEFENCES, Defence
+
+BODY_MODES = ("frozen", "sgd")
+
+
+@dataclass
+class NGFConfig:
+    """Options of :class:`NGF`. ``lr=None`` means: choose it on ``lr_grid`` from clean data."""
+
+    layers: tuple[str, ...] | None = None  # Linear layers to precondition; None: the classifier
+    body: str = "frozen"  # "frozen": strictly those layers; "sgd": the rest take plain SGD steps
+    steps: int = 500
+    batch_size: int = 128
+    lr: float | None = None
+    lr_grid: tuple[float, ...] = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+    final_lr_ratio: float = 0.1
+    damping: float = 1e-3
+    kl_clip: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    fisher: str = "empirical"  # or "sampled": labels drawn from the model (true Fisher)
+    ekfac: bool = True
+    factor_every: int = 10
+    eigen_every: int = 100
+    decay: float = 0.95
+    regulariser: str = "diag"  # "diag" or "kfac" Fisher penalty; strength 0 switches it off
+    reg_strength: float = 0.0
+    acc_budget: float = 3.0  # most clean-accuracy points the chosen setting may cost (held out)
+    folds: int = 3  # cross-fitting folds of the clean set for choosing lr
+    eval_every: int = 25
+    augment: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.body not in BODY_MODES:
+            raise NgfkitError(f"NGF body must be one of {', '.join(BODY_MODES)}, got {self.body!r}")
+        if self.fisher not in FISHER_TYPES:
+            raise NgfkitError(f"NGF fisher must be one of {', '.join(FISHER_TYPES)}, got {self.fisher!r}")
+        if self.regulariser not in ("diag", "kfac"):
+            raise NgfkitError(f"NGF regulariser must be diag or kfac, got {self.regulariser!r}")
+        if self.folds < 2:
+            raise NgfkitError("NGF needs at least 2 folds to choose its learning rate from clean data")
+        if self.lr is None and not self.lr_grid:
+            raise NgfkitError("give NGF a learning rate or a non-empty lr_grid")
+        self.lr_grid = tuple(sorted(float(v) for v in self.lr_grid))
+        if self.layers is not None:
+            self.layers = tuple(self.layers)
+
+
+@DEFENCES.register("ngf")
+class NGF(Defence):
+    """Natural Gradient Fine-tuning (Karim et al. 2023).
+
+    By default only the final classifier is trained, the body frozen in eval mode; its inputs on
+    the clean set are then computed once and every step runs on those cached features. The
+    learning rate is the strongest on ``lr_grid`` whose cross-fitted clean accuracy (each clean
+    image predicted by a model fine-tuned without it) falls by at most ``acc_budget`` points.
+    """
+
+    name = "ngf"
+    Config = NGFConfig
+
+    def run(self, model: nn.Module, clean_data: Dataset, *, device: torch.device, progress: bool):
+        cfg = self.config
+        model = copy.deepcopy(model).to(device).eval()
+        names = cfg.layers or (getattr(model, "classifier_name", None),)
+        for name in names:
+            classifier_layer(model, name)  # clear error for a wrong name
+        fast = cfg.body == "frozen" and names == (getattr(model, "classifier_name", None),)
+        if fast:
+            head = classifier_layer(model)
+            data = cache_features(model, head, clean_data, device=device)
+            net, layer_names = copy.deepcopy(head), ("",)
+        else:
+            data, net, layer_names = clean_data, model, names
+
+        history: dict = {"fast_path": fast, "layers": list(names), "num_clean": len(clean_data)}
+        lr = cfg.lr
+        if lr is None:
+            lr, history["selection"] = self._choose_lr(net, layer_names, data, device, progress)
+        history["chosen"] = {"lr": lr, "damping": cfg.damping, "steps": cfg.steps}
+        tuned, fit = self._finetune(net, layer_names, data, lr, device, progress, desc="ngf")
+        history["loss"] = fit["loss"]
+        history["kl_scale_last"] = fit["kl_scale_last"]
+        if fast:
+            classifier_layer(model).load_state_dict(tuned.state_dict())
+        else:
+            model = tuned
+        return model.eval(), history
+
+    def _finetune(self, net: nn.Module, layer_names, data: Dataset, lr: float, device, progress: bool,
+                  desc: str, held_out: Dataset | None = None) -> tuple[nn.Module, dict]:
+        """Fine-tune a copy of ``net``; with ``held_out``, record its accuracy every ``eval_every`` steps."""
+        cfg = self.config
+        net = copy.deepcopy(net)
+        curve: list[tuple[int, float]] = []
+
+        def on_step(step: int, loss: float) -> None:
+            if held_out is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                curve.append((step, evaluate(net, held_out, device=device)["acc"]))
+
+        modules = dict(net.named_modules())
+        layers = {name: modules[name] for name in layer_names}
+        layer_params = [p for layer in layers.values() for p in layer.parameters()]
+        params = list(net.parameters()) if cfg.body == "sgd" else layer_params
+        natural = NaturalGradient(layers, damping=cfg.damping, kl_clip=cfg.kl_clip, decay=cfg.decay,
+                                  factor_every=cfg.factor_every, eigen_every=cfg.eigen_every,
+                                  fisher=cfg.fisher, ekfac=cfg.ekfac, seed=cfg.seed)
+        regulariser = None
+        if cfg.reg_strength > 0:
+            stats = layer_statistics(net, layers, data, fisher=cfg.fisher, seed=cfg.seed, device=device)
+            regulariser = FisherRegulariser(layers, stats, cfg.reg_strength, cfg.regulariser)
+        train_cfg = TrainConfig(steps=cfg.steps, lr=lr, final_lr_ratio=cfg.final_lr_ratio, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, batch_size=min(cfg.batch_size, len(data)),
+                                augment=cfg.augment)
+        try:
+            with frozen_except(net, params):
+                fit = train_model(net, data, train_cfg, seed=cfg.seed, device=device, progress=progress,
+                                  desc=desc, params=params, train_mode=cfg.body == "sgd",
+                                  hooks=CombinedHooks(natural, regulariser), on_step=on_step)
+        finally:
+            natural.close()
+        fit["kl_scale_last"] = natural.last_scale
+        fit["val_curve"] = curve
+        return net.eval(), fit
+
+    def _choose_lr(self, net: nn.Module, layer_names, data: Dataset, device, progress: bool):
+        """Cross-fitted clean accuracy for each learning rate on the grid; pick the strongest
+        within ``acc_budget``. Uses clean data only."""
+        cfg = self.config
+        n = len(data)
+        if n < 2 * cfg.folds:
+            raise NgfkitError(f"the clean set has {n} images, too few for {cfg.folds}-fold selection; "
+                              f"give more clean data or a fixed learning rate (lr)")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+        folds = list(torch.chunk(order, cfg.folds))
+        reference = predict(net, data, device=device)
+        labels = reference["labels"]
+        before = (reference["clean"] == labels).float().mean().item() * 100
+        grid = []
+        bar = tqdm(total=len(cfg.lr_grid), desc="ngf: choose lr on clean data", disable=not progress, leave=False)
+        for lr in cfg.lr_grid:
+            correct = torch.zeros(n, dtype=torch.bool)
+            curve: dict[int, float] = {}
+            for k, held_out in enumerate(folds):
+                train_idx = torch.cat([f for j, f in enumerate(folds) if j != k])
+                held_data, train_data = data.subset(held_out), data.subset(train_idx)
+
+                tuned, fit = self._finetune(net, layer_names, train_data, lr, device, False, desc="select",
+                                            held_out=held_data)
+                correct[held_out] = predict(tuned, held_data, device=device)["clean"] == labels[held_out]
+                for step, acc in fit["val_curve"]:
+                    curve[step] = curve.get(step, 0.0) + acc * len(held_out) / n
+            after = correct.float().mean().item() * 100
+            grid.append({"lr": lr, "val_acc": after, "val_acc_drop": before - after,
+                         "val_curve": sorted(curve.items())})
+            bar.update(1)
+            bar.set_postfix(lr=lr, drop=f"{before - after:.1f}")
+        bar.close()
+        within = [g for g in grid if g["val_acc_drop"] <= cfg.acc_budget]
+        chosen = within[-1] if within else grid[0]
+        selection = {"rule": f"strongest lr with cross-fitted clean-accuracy drop <= {cfg.acc_budget} points",
+                     "val_acc_before": before, "grid": grid, "budget_met": bool(within)}
+        return chosen["lr"], selection

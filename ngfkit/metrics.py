@@ -1,0 +1,75 @@
+"""The metrics of backdoor defence, defined once.
+
+- **C-ACC** (``acc``): accuracy on the clean test set.
+- **ASR** (``asr``): among triggered test images whose true class is not the target class, the
+  fraction classified as the target.
+- **RA** (``ra``): accuracy on those same triggered images, judged against their true labels.
+- **DER** (BackdoorBench's defence effectiveness rating):
+  ``(max(0, ASR_before - ASR_after) - max(0, ACC_before - ACC_after) + 1) / 2`` on fractions.
+
+All returned values are percentages, except DER, which lies in ``[0, 1]``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from .batches import iterate_batches
+
+
+def accuracy(predictions: Tensor, labels: Tensor) -> float:
+    """Percentage of ``predictions`` ``(N,)`` equal to ``labels`` ``(N,)``."""
+    if len(labels) == 0:
+        return float("nan")
+    return 100.0 * (predictions == labels).float().mean().item()
+
+
+def attack_success_rate(triggered_predictions: Tensor, labels: Tensor, target_labels: Tensor) -> float:
+    """Percentage of triggered images with ``labels != target_labels`` predicted as their target."""
+    attacked = labels != target_labels
+    return accuracy(triggered_predictions[attacked], target_labels[attacked])
+
+
+def robust_accuracy(triggered_predictions: Tensor, labels: Tensor, target_labels: Tensor) -> float:
+    """Percentage of those same triggered images still given their true label."""
+    attacked = labels != target_labels
+    return accuracy(triggered_predictions[attacked], labels[attacked])
+
+
+def defence_effectiveness_rating(before: dict, after: dict) -> float:
+    """DER from two ``{"acc", "asr"}`` dicts in percent; 0.5 means no change, 1 a perfect defence."""
+    asr_drop = max(0.0, before["asr"] - after["asr"]) / 100.0
+    acc_drop = max(0.0, before["acc"] - after["acc"]) / 100.0
+    return (asr_drop - acc_drop + 1.0) / 2.0
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, *, attack=None, batch_size: int = 512,
+            device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Predicted classes on ``dataset`` (and on its triggered copy when ``attack`` is given).
+
+    Returns ``{"labels", "clean"}`` and, with an attack, ``"triggered"`` and ``"target"``, each ``(N,)``.
+    """
+    was_training = model.training
+    model.eval()
+    out: dict[str, list[Tensor]] = {"labels": [], "clean": [], "triggered": [], "target": []}
+    for x, y in iterate_batches(dataset, batch_size, device=device):
+        out["labels"].append(y.cpu())
+        out["clean"].append(model(x).argmax(1).cpu())
+        if attack is not None:
+            out["triggered"].append(model(attack.apply(x)).argmax(1).cpu())
+            out["target"].append(attack.target_labels(y).cpu())
+    model.train(was_training)
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def evaluate(model: nn.Module, dataset: Dataset, attack=None, *, batch_size: int = 512,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """``{"acc"}``, plus ``"asr"`` and ``"ra"`` when an attack is given, in percent."""
+    p = predict(model, dataset, attack=attack, batch_size=batch_size, device=device)
+    result = {"acc": accuracy(p["clean"], p["labels"])}
+    if attack is not None:
+        result["asr"] = attack_success_rate(p["triggered"], p["labels"], p["target"])
+        result["ra"] = robust_accuracy(p["triggered"], p["labels"], p["target"])
+    return result

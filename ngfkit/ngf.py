@@ -1,0 +1,286 @@
+"""Natural Gradient Fine-tuning (NGF): EKFAC-preconditioned steps on chosen linear layers.
+
+The pieces, each usable alone:
+
+- :class:`LayerTaps` records the inputs ``a`` and outputs ``s`` of the chosen layers;
+- :class:`NaturalGradient` (a :class:`~ngfkit.train.StepHooks`) keeps a running EKFAC estimate
+  of each layer's Fisher and turns the loss gradient into a damped, KL-clipped natural gradient;
+- :class:`FisherRegulariser` pulls weights that matter for clean data back toward the
+  backdoored model's, as an exact proximal step (stable for any strength);
+- :func:`cache_features` + :class:`FeatureDataset` give the fast path: with the body frozen, the
+  classifier's inputs on the clean set are computed once and NGF runs on them alone.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from .batches import iterate_batches
+from .fisher import (KFACState, diagonal_fisher, fisher_labels, kfac_factors, with_bias_column)
+from .train import StepHooks
+
+
+def layer_gradient(layer: nn.Linear) -> Tensor:
+    """``[dW, db]`` as one ``(D_out, D_in [+1])`` matrix."""
+    if layer.bias is None:
+        return layer.weight.grad
+    return torch.cat([layer.weight.grad, layer.bias.grad.view(-1, 1)], dim=1)
+
+
+def set_layer_gradient(layer: nn.Linear, grad: Tensor) -> None:
+    d_in = layer.weight.shape[1]
+    layer.weight.grad.copy_(grad[:, :d_in])
+    if layer.bias is not None:
+        layer.bias.grad.copy_(grad[:, d_in])
+
+
+def layer_matrix(layer: nn.Linear) -> Tensor:
+    """``[W, b]`` as one ``(D_out, D_in [+1])`` matrix (a copy)."""
+    if layer.bias is None:
+        return layer.weight.detach().clone()
+    return torch.cat([layer.weight.detach(), layer.bias.detach().view(-1, 1)], dim=1)
+
+
+def set_layer_matrix(layer: nn.Linear, matrix: Tensor) -> None:
+    d_in = layer.weight.shape[1]
+    with torch.no_grad():
+        layer.weight.copy_(matrix[:, :d_in])
+        if layer.bias is not None:
+            layer.bias.copy_(matrix[:, d_in])
+
+
+class LayerTaps:
+    """Forward hooks that keep each layer's last input ``(N, D_in [+1])`` and output ``(N, D_out)``."""
+
+    def __init__(self, layers: dict[str, nn.Linear]):
+        self.layers = layers
+        self.inputs: dict[str, Tensor] = {}
+        self.outputs: dict[str, Tensor] = {}
+        self.handles = [layer.register_forward_hook(self._hook(name)) for name, layer in layers.items()]
+
+    def _hook(self, name: str):
+        def hook(layer: nn.Linear, args, output: Tensor) -> None:
+            a = args[0].detach().flatten(0, -2)
+            self.inputs[name] = with_bias_column(a) if layer.bias is not None else a
+            self.outputs[name] = output
+        return hook
+
+    def output_gradients(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Per-sample ``dl_i/ds_i`` ``(N, D_out)`` for each layer, of cross-entropy at ``labels``."""
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        names = list(self.outputs)
+        grads = torch.autograd.grad(loss, [self.outputs[n] for n in names], retain_graph=True)
+        return {n: g.detach().flatten(0, -2) for n, g in zip(names, grads)}
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class NaturalGradient(StepHooks):
+    """EKFAC natural-gradient preconditioning of ``layers`` inside the shared training loop.
+
+    Every ``factor_every`` steps the Fisher factors are refreshed from the current batch (running
+    averages with ``decay``), every ``eigen_every`` steps their eigenbases; the gradient
+    ``∇`` of each layer becomes ``V = (F + damping)⁻¹ ∇`` and all are scaled by
+    ``ν = min(1, sqrt(kl_clip / (lr² Σ V ⊙ ∇)))`` so one step never changes the model's output
+    distribution by more than about ``kl_clip`` in KL divergence.
+    """
+
+    def __init__(self, layers: dict[str, nn.Linear], *, damping: float = 1e-3, kl_clip: float = 1e-2,
+                 decay: float = 0.95, factor_every: int = 10, eigen_every: int = 100,
+                 fisher: str = "empirical", ekfac: bool = True, seed: int = 0):
+        self.layers = layers
+        self.taps = LayerTaps(layers)
+        self.states = {name: KFACState(damping, decay, ekfac) for name in layers}
+        self.kl_clip = kl_clip
+        self.factor_every = factor_every
+        self.eigen_every = eigen_every
+        self.fisher = fisher
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_scale = 1.0
+
+    def observe(self, logits: Tensor, labels: Tensor, step: int) -> None:
+        if step % self.factor_every and step % self.eigen_every:
+            return
+        targets = fisher_labels(logits, labels, self.fisher, self.generator)
+        grads = self.taps.output_gradients(logits, targets)
+        for name, state in self.states.items():
+            state.update(self.taps.inputs[name], grads[name])
+            if step % self.eigen_every == 0:
+                state.refresh_eigenbasis()
+
+    def precondition(self, lr: float) -> None:
+        directions = {}
+        inner = 0.0
+        for name, layer in self.layers.items():
+            grad = layer_gradient(layer)
+            directions[name] = self.states[name].solve(grad)
+            inner += (directions[name] * grad).sum().item()
+        self.last_scale = 1.0 if inner <= 0 else min(1.0, math.sqrt(self.kl_clip / (lr * lr * inner)))
+        for name, layer in self.layers.items():
+            set_layer_gradient(layer, self.last_scale * directions[name])
+
+    def close(self) -> None:
+        self.taps.remove()
+
+
+class CombinedHooks(StepHooks):
+    """Runs several :class:`StepHooks` in order."""
+
+    def __init__(self, *hooks: StepHooks):
+        self.hooks = [h for h in hooks if h is not None]
+
+    def observe(self, logits, labels, step):
+        for h in self.hooks:
+            h.observe(logits, labels, step)
+
+    def precondition(self, lr):
+        for h in self.hooks:
+            h.precondition(lr)
+
+    def after_step(self, lr):
+        for h in self.hooks:
+            h.after_step(lr)
+
+
+def layer_statistics(model: nn.Module, layers: dict[str, nn.Linear], dataset: Dataset, *,
+                     fisher: str = "empirical", seed: int = 0, batch_size: int = 256,
+                     device: torch.device | str = "cpu") -> dict[str, tuple[Tensor, Tensor]]:
+    """Per-sample inputs ``a`` ``(N, D_in+1)`` and output gradients ``g`` ``(N, D_out)`` of each layer
+    over the whole ``dataset``, with ``model`` in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    taps = LayerTaps(layers)
+    collected: dict[str, tuple[list[Tensor], list[Tensor]]] = {n: ([], []) for n in layers}
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in iterate_batches(dataset, batch_size, device=device):
+            logits = model(x)
+            grads = taps.output_gradients(logits, fisher_labels(logits, y, fisher, generator))
+            for name in layers:
+                collected[name][0].append(taps.inputs[name])
+                collected[name][1].append(grads[name])
+    finally:
+        taps.remove()
+        model.train(was_training)
+    return {n: (torch.cat(a), torch.cat(g)) for n, (a, g) in collected.items()}
+
+
+class FisherRegulariser(StepHooks):
+    """Clean-distribution-aware penalty ``(η/2) Σ_j F_jj (θ_j − θ⁰_j)²`` applied as a proximal step.
+
+    ``F`` is the backdoored model's Fisher on the clean set, normalised to mean 1 so that ``η``
+    means the same on every model; ``θ⁰`` its weights. After each optimiser step with learning
+    rate ``lr`` the weights move to the exact minimiser of
+    ``‖θ − θ_step‖² / (2 lr) + (η/2) Σ F (θ − θ⁰)²``, a convex combination of ``θ_step`` and
+    ``θ⁰``, so the regulariser can slow the optimisation but never make it diverge.
+
+    ``kind="diag"`` uses the diagonal Fisher; ``kind="kfac"`` its K-FAC form ``A ⊗ G``, whose
+    proximal step is exact in the eigenbases of ``A`` and ``G``.
+    """
+
+    def __init__(self, layers: dict[str, nn.Linear], statistics: dict[str, tuple[Tensor, Tensor]],
+                 strength: float, kind: str = "diag"):
+        if kind not in ("diag", "kfac"):
+            raise ValueError(f"regulariser kind must be 'diag' or 'kfac', got {kind!r}")
+        self.layers = layers
+        self.strength = float(strength)
+        self.kind = kind
+        self.anchor = {n: layer_matrix(l) for n, l in layers.items()}
+        self.curvature: dict[str, Tensor | tuple[Tensor, Tensor, Tensor]] = {}
+        for name, (a, g) in statistics.items():
+            if kind == "diag":
+                diag = diagonal_fisher(a, g)
+                self.curvature[name] = diag / diag.mean().clamp_min(1e-12)
+            else:
+                a_factor, g_factor = kfac_factors(a, g)
+                eig_a, q_a = torch.linalg.eigh(a_factor)
+                eig_g, q_g = torch.linalg.eigh(g_factor)
+                scales = eig_g.clamp_min(0).view(-1, 1) * eig_a.clamp_min(0).view(1, -1)
+                self.curvature[name] = (q_a, q_g, scales / scales.mean().clamp_min(1e-12))
+
+    def penalty(self) -> Tensor:
+        """The current value of the penalty (differentiable in the layers' parameters)."""
+        total = 0.0
+        for name, layer in self.layers.items():
+            theta = layer.weight if layer.bias is None else torch.cat([layer.weight, layer.bias.view(-1, 1)], 1)
+            delta = theta - self.anchor[name]
+            if self.kind == "diag":
+                total = total + (self.curvature[name] * delta.pow(2)).sum()
+            else:
+                q_a, q_g, scales = self.curvature[name]
+                total = total + (scales * (q_g.T @ delta @ q_a).pow(2)).sum()
+        return 0.5 * self.strength * total
+
+    @torch.no_grad()
+    def after_step(self, lr: float) -> None:
+        if self.strength <= 0:
+            return
+        for name, layer in self.layers.items():
+            delta = layer_matrix(layer) - self.anchor[name]
+            if self.kind == "diag":
+                delta = delta / (1 + lr * self.strength * self.curvature[name])
+            else:
+                q_a, q_g, scales = self.curvature[name]
+                delta = q_g @ ((q_g.T @ delta @ q_a) / (1 + lr * self.strength * scales)) @ q_a.T
+            set_layer_matrix(layer, self.anchor[name] + delta)
+
+
+class FeatureDataset(Dataset):
+    """Cached classifier inputs ``features`` ``(N, D)`` with labels ``(N,)``, sliceable in batches."""
+
+    def __init__(self, features: Tensor, labels: Tensor):
+        self.features = features
+        self.targets = labels
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.features[i], int(self.targets[i])
+
+    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        return self.features[indices], self.targets[indices]
+
+    def subset(self, indices: Tensor) -> "FeatureDataset":
+        return FeatureDataset(self.features[indices], self.targets[indices])
+
+
+@torch.no_grad()
+def cache_features(model: nn.Module, layer: nn.Linear, dataset: Dataset, *, batch_size: int = 256,
+                   device: torch.device | str = "cpu") -> FeatureDataset:
+    """Run the frozen model (eval mode) once over ``dataset`` and keep ``layer``'s inputs."""
+    captured: list[Tensor] = []
+    labels: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().flatten(1)))
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in iterate_batches(dataset, batch_size, device=device):
+            model(x)
+            labels.append(y)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return FeatureDataset(torch.cat(captured), torch.cat(labels))
+
+
+@contextmanager
+def frozen_except(model: nn.Module, trainable: list[Tensor]) -> Iterator[None]:
+    """Temporarily set ``requires_grad`` only on ``trainable``."""
+    previous = {p: p.requires_grad for p in model.parameters()}
+    keep = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    try:
+        yield
+    finally:
+        for p, flag in previous.items():
+            p.requires_grad_(flag)

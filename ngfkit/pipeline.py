@@ -1,0 +1,156 @@
+"""The spine: dataset -> attack -> train (cached) -> checkpoint -> defence -> metrics.
+
+:class:`Experiment` names one backdoored model completely; :func:`load_or_train` returns it from
+the cache (keyed by the full config) or trains and caches it; :func:`run_defence` purifies it
+and measures before and after. The CLI and the book call these and nothing deeper.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .attacks import Attack, create_attack
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .data import DatasetInfo, dataset_info, defender_split, load_dataset
+from .defences import purify
+from .errors import NgfkitError
+from .metrics import defence_effectiveness_rating, evaluate
+from .models import Classifier, build_model
+from .train import TrainConfig, train_model
+from .utils import cache_dir, seed_everything, versions
+
+
+@dataclass
+class Experiment:
+    """Everything that determines a backdoored model and its defender's clean set."""
+
+    dataset: str = "fashion-mnist"
+    arch: str | None = None  # None: the dataset's default architecture
+    attack: str | None = "badnets"  # None: a clean (benign) model
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    target: int = 0
+    poison_rate: float = 0.1
+    mode: str = "all-to-one"
+    clean_fraction: float = 0.01
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        self.info: DatasetInfo = dataset_info(self.dataset)
+        self.arch = self.arch or self.info.default_arch
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key(self) -> str:
+        """A stable name for the cache: readable prefix plus a hash of the whole config."""
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.dataset}-{self.arch}-{self.attack or 'clean'}-s{self.seed}-{digest}"
+
+    def make_attack(self) -> Attack | None:
+        if self.attack is None:
+            return None
+        return create_attack(self.attack, self.info.image_shape, self.info.num_classes, target=self.target,
+                             poison_rate=self.poison_rate, mode=self.mode, seed=self.seed, **self.attack_params)
+
+    def make_model(self) -> Classifier:
+        return build_model(self.arch, self.info.num_classes, self.info.image_shape, self.info.mean, self.info.std)
+
+
+@dataclass
+class Splits:
+    """The attacker's training set, the defender's held-out clean set, and the test set."""
+
+    train: Any
+    clean: Any
+    test: Any
+
+
+def load_splits(exp: Experiment, data_root: str | Path | None = None, download: bool = False) -> Splits:
+    train = load_dataset(exp.dataset, "train", root=data_root, download=download)
+    test = load_dataset(exp.dataset, "test", root=data_root, download=download)
+    attacker, clean = defender_split(len(train), exp.clean_fraction, exp.seed)
+    return Splits(train.subset(attacker), train.subset(clean), test)
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    attack: Attack | None
+    meta: dict[str, Any]
+    cached: bool
+    seconds: float
+
+
+def model_from_checkpoint(path: str | Path, arch: str | None = None, dataset: str | None = None,
+                          ) -> tuple[nn.Module, Attack | None, dict[str, Any]]:
+    """Rebuild a model (and its attack, if it records one) from a safetensors checkpoint.
+
+    ``arch`` and ``dataset`` are needed only for checkpoints without an ngfkit sidecar; when
+    both are given and the sidecar disagrees, that is an error rather than a silent choice.
+    """
+    ckpt = load_checkpoint(path)
+    meta = ckpt.meta
+    for name, given in (("arch", arch), ("dataset", dataset)):
+        stored = meta.get(name)
+        if given and stored and given != stored:
+            raise NgfkitError(f"{path} was trained with {name} {stored!r}, not {given!r}; "
+                              f"drop --{name} or pass --{name} {stored}")
+    arch, dataset = arch or meta.get("arch"), dataset or meta.get("dataset")
+    if not arch or not dataset:
+        raise NgfkitError(f"{path} has no ngfkit sidecar ({Path(path).with_suffix('.json').name}); "
+                          f"pass --arch and --dataset")
+    info = dataset_info(dataset)
+    model = build_model(arch, info.num_classes, info.image_shape, info.mean, info.std)
+    load_weights(model, ckpt.weights, source=str(path), arch=arch)
+    attack = Attack.from_state(meta["attack"], ckpt.trigger) if meta.get("attack") else None
+    return model.eval(), attack, meta
+
+
+def load_or_train(exp: Experiment, splits: Splits | None = None, *, device: torch.device | str = "cpu",
+                  progress: bool = True, use_cache: bool = True, data_root=None, download: bool = False
+                  ) -> TrainedModel:
+    """The backdoored model of ``exp``: from the cache if it was trained before, else trained now."""
+    path = cache_dir() / "models" / f"{exp.key()}.safetensors"
+    if use_cache and path.is_file():
+        model, attack, meta = model_from_checkpoint(path)
+        return TrainedModel(model.to(device), attack, meta, True, 0.0)
+    splits = splits or load_splits(exp, data_root, download)
+    seed_everything(exp.seed)
+    attack = exp.make_attack()
+    model = exp.make_model()
+    train_set = attack.poison(splits.train) if attack is not None else splits.train
+    fit = train_model(model, train_set, exp.train, seed=exp.seed, device=device, progress=progress,
+                      desc=f"train {exp.arch} ({exp.attack or 'clean'})")
+    metrics = evaluate(model, splits.test, attack, device=device)
+    meta = {"format": "ngfkit-model", "arch": exp.arch, "dataset": exp.dataset, "experiment": exp.to_dict(),
+            "attack": attack.state() if attack else None,
+            "poisoned_indices": int(train_set.poisoned.sum()) if attack else 0,
+            "metrics": metrics, "train_seconds": fit["seconds"], "final_loss": fit["loss"][-1],
+            "seed": exp.seed, "versions": versions()}
+    if use_cache:
+        save_checkpoint(path, model, meta, attack.trigger if attack else None)
+    return TrainedModel(model, attack, meta, False, fit["seconds"])
+
+
+def run_defence(model: nn.Module, attack: Attack | None, splits: Splits, defense: str = "ngf", *,
+                device: torch.device | str = "cpu", progress: bool = True, before: dict | None = None,
+                **options: Any) -> dict[str, Any]:
+    """Purify ``model`` with ``splits.clean`` and measure it on ``splits.test`` before and after."""
+    before = before or evaluate(model, splits.test, attack, device=device)
+    purified, history = purify(model, splits.clean, defense, device=device, progress=progress, **options)
+    after = evaluate(purified, splits.test, attack, device=device)
+    result = {"defense": defense, "before": before, "after": after, "history": history, "model": purified}
+    if attack is not None:
+        result["der"] = defence_effectiveness_rating(before, after)
+    return result

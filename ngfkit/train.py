@@ -1,0 +1,101 @@
+"""The one training loop of ngfkit (seeded SGD, cosine learning rate, tqdm progress)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .batches import iterate_batches, num_batches, random_crop_flip
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of (backdoor) training; the defaults suit the embedded Fashion-MNIST."""
+
+    epochs: int = 2
+    steps: int | None = None  # if set, overrides epochs: this many optimiser steps in all
+    lr: float = 0.05
+    final_lr_ratio: float = 0.0  # cosine schedule from lr down to lr * final_lr_ratio
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    augment: bool = False  # random crop (pad 4) + horizontal flip, for 32x32 RGB presets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StepHooks:
+    """What a defence may add to the shared loop; every method is optional.
+
+    ``observe(logits, labels, step)`` runs after the forward pass (curvature statistics),
+    ``precondition(lr)`` after the backward pass and before the optimiser step (it may rewrite
+    ``.grad``), ``after_step(lr)`` after the optimiser step (proximal terms).
+    """
+
+    def observe(self, logits: Tensor, labels: Tensor, step: int) -> None: ...
+
+    def precondition(self, lr: float) -> None: ...
+
+    def after_step(self, lr: float) -> None: ...
+
+
+def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, *, seed: int = 0,
+                device: torch.device | str = "cpu", progress: bool = True,
+                desc: str = "train", params: list[Tensor] | None = None, train_mode: bool = True,
+                hooks: StepHooks | None = None,
+                on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train ``model`` in place with SGD + momentum and a per-step cosine schedule.
+
+    ``params`` restricts the optimised tensors (default: all); ``train_mode=False`` keeps
+    BatchNorm and dropout in eval mode (a frozen body); ``hooks`` let a defence precondition or
+    regularise the steps. Returns ``{"loss": [...per step], "seconds": float}``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(device).train(train_mode)
+    params = list(model.parameters()) if params is None else params
+    optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    steps_per_epoch = num_batches(dataset, config.batch_size, drop_last=True)
+    total = max(1, config.steps if config.steps is not None else config.epochs * steps_per_epoch)
+    floor = config.final_lr_ratio
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    hooks = hooks or StepHooks()
+    losses: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=desc, disable=not progress, unit="step", leave=False)
+    while len(losses) < total:
+        for x, y in iterate_batches(dataset, config.batch_size, shuffle=True, generator=generator,
+                                    device=device, drop_last=True):
+            if config.augment:
+                x = random_crop_flip(x, generator)
+            logits = model(x)
+            hooks.observe(logits, y, len(losses))
+            loss = F.cross_entropy(logits, y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            lr = optimiser.param_groups[0]["lr"]
+            hooks.precondition(lr)
+            optimiser.step()
+            hooks.after_step(lr)
+            schedule.step()
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step(len(losses), losses[-1])
+            bar.update(1)
+            if len(losses) % 20 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if len(losses) >= total:
+                break
+    bar.close()
+    model.eval()
+    return {"loss": losses, "seconds": time.perf_counter() - start}

@@ -1,0 +1,80 @@
+"""Small shared helpers: seeding, device choice, atomic file writes, provenance."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .errors import NgfkitError
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` means CUDA when available, else CPU; any other name is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise NgfkitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NgfkitError("--device cuda was asked for but CUDA is not available; use --device auto or cpu")
+    return device
+
+
+def cache_dir() -> Path:
+    """Where trained models and downloads live: ``$NGFKIT_CACHE`` or ``~/.cache/ngfkit``."""
+    return Path(os.environ.get("NGFKIT_CACHE", Path.home() / ".cache" / "ngfkit"))
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A crash or a bad input therefore never leaves a half-written file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def versions() -> dict[str, str]:
+    """Versions that a result depends on, recorded next to every result."""
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "ngfkit": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda or "none",
+    }
