@@ -60,11 +60,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise NgfkitError(f"checkpoint {path} not found; train one with `ngfkit attack --out {path}` or check the path")
-    if _looks_like_pickle(path):
-        raise NgfkitError(f"{path} is a pickle file (torch.save), not safetensors; {PICKLE_HINT}")
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(str(path))  # safetensors never unpickles, so trying it first is safe
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        if _looks_like_pickle(path):
+            raise NgfkitError(f"{path} is a pickle file (torch.save), not safetensors; {PICKLE_HINT}") from None
         raise NgfkitError(f"{path} is not a readable safetensors file ({str(error).splitlines()[0]}); "
                           f"it may be truncated or corrupt: re-create or re-download it") from None
     meta: dict[str, Any] = {}
@@ -74,6 +74,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             meta = json.loads(sidecar.read_text())
         except json.JSONDecodeError:
             raise NgfkitError(f"{sidecar} is not valid JSON; delete it and pass --arch and --dataset") from None
+        if not isinstance(meta, dict):
+            raise NgfkitError(f"{sidecar} is not an ngfkit sidecar (a JSON object); delete it and pass --arch and --dataset")
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith("trigger.")}
     trigger = {k.removeprefix("trigger."): v for k, v in tensors.items() if k.startswith("trigger.")}
     return Checkpoint(weights, trigger, meta)

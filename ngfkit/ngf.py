@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .batches import iterate_batches
-from .fisher import (KFACState, diagonal_fisher, fisher_labels, kfac_factors, with_bias_column)
+from .batches import iterate_batches, random_crop_flip
+from .fisher import (KFACState, diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors,
+                     with_bias_column)
 from .train import StepHooks
 
 
@@ -176,14 +177,21 @@ def layer_statistics(model: nn.Module, layers: dict[str, nn.Linear], dataset: Da
 class FisherRegulariser(StepHooks):
     """Clean-distribution-aware penalty ``(η/2) Σ_j F_jj (θ_j − θ⁰_j)²`` applied as a proximal step.
 
-    ``F`` is the backdoored model's Fisher on the clean set, normalised to mean 1 so that ``η``
-    means the same on every model; ``θ⁰`` its weights. After each optimiser step with learning
-    rate ``lr`` the weights move to the exact minimiser of
-    ``‖θ − θ_step‖² / (2 lr) + (η/2) Σ F (θ − θ⁰)²``, a convex combination of ``θ_step`` and
-    ``θ⁰``, so the regulariser can slow the optimisation but never make it diverge.
+    ``F`` is the backdoored model's Fisher on the clean set (from ``statistics``, per-sample
+    ``a`` and ``g`` of each layer) and ``θ⁰`` its weights. After each optimiser step with
+    learning rate ``lr`` the weights move to the exact minimiser of
+    ``‖θ − θ_step‖²_M / (2 lr) + (η/2) ‖θ − θ⁰‖²_F``, coordinate by coordinate a convex
+    combination of ``θ_step`` and ``θ⁰``: the regulariser can slow the optimisation but never
+    make it diverge.
 
-    ``kind="diag"`` uses the diagonal Fisher; ``kind="kfac"`` its K-FAC form ``A ⊗ G``, whose
-    proximal step is exact in the eigenbases of ``A`` and ``G``.
+    - Without a metric (plain SGD), ``M = I`` and ``F`` is the diagonal Fisher (``kind="diag"``,
+      normalised to mean 1 so that ``η`` means the same on every model) or its K-FAC form
+      ``A ⊗ G`` (``kind="kfac"``, exact in the eigenbases of ``A`` and ``G``).
+    - Attached to a :class:`NaturalGradient` (:meth:`use_metric`), ``M`` is that optimiser's
+      damped EKFAC Fisher and ``F`` the backdoored model's Fisher diagonalised in the same
+      eigenbasis, so both terms are measured in one geometry. A Euclidean pull-back after a
+      natural-gradient step is not stable: it re-injects movement into directions the
+      preconditioner amplifies by ``1 / damping``.
     """
 
     def __init__(self, layers: dict[str, nn.Linear], statistics: dict[str, tuple[Tensor, Tensor]],
@@ -191,8 +199,11 @@ class FisherRegulariser(StepHooks):
         if kind not in ("diag", "kfac"):
             raise ValueError(f"regulariser kind must be 'diag' or 'kfac', got {kind!r}")
         self.layers = layers
+        self.statistics = statistics
         self.strength = float(strength)
         self.kind = kind
+        self.metric: NaturalGradient | None = None
+        self._basis_scales: dict[str, tuple[Tensor, Tensor]] = {}
         self.anchor = {n: layer_matrix(l) for n, l in layers.items()}
         self.curvature: dict[str, Tensor | tuple[Tensor, Tensor, Tensor]] = {}
         for name, (a, g) in statistics.items():
@@ -206,8 +217,13 @@ class FisherRegulariser(StepHooks):
                 scales = eig_g.clamp_min(0).view(-1, 1) * eig_a.clamp_min(0).view(1, -1)
                 self.curvature[name] = (q_a, q_g, scales / scales.mean().clamp_min(1e-12))
 
+    def use_metric(self, natural: "NaturalGradient") -> "FisherRegulariser":
+        """Take proximal steps in ``natural``'s Fisher geometry (see the class docstring)."""
+        self.metric = natural
+        return self
+
     def penalty(self) -> Tensor:
-        """The current value of the penalty (differentiable in the layers' parameters)."""
+        """The Euclidean-form penalty's current value (differentiable in the layers' parameters)."""
         total = 0.0
         for name, layer in self.layers.items():
             theta = layer.weight if layer.bias is None else torch.cat([layer.weight, layer.bias.view(-1, 1)], 1)
@@ -219,13 +235,28 @@ class FisherRegulariser(StepHooks):
                 total = total + (scales * (q_g.T @ delta @ q_a).pow(2)).sum()
         return 0.5 * self.strength * total
 
+    def anchor_scales(self, name: str, state: KFACState) -> Tensor:
+        """The backdoored model's Fisher diagonal in ``state``'s current eigenbasis ``(D_out, D_in)``."""
+        cached = self._basis_scales.get(name)
+        if cached is None or cached[0] is not state.q_a:
+            a, g = self.statistics[name]
+            cached = (state.q_a, eigenbasis_scales(a, g, state.q_a, state.q_g))
+            self._basis_scales[name] = cached
+        return cached[1]
+
     @torch.no_grad()
     def after_step(self, lr: float) -> None:
         if self.strength <= 0:
             return
         for name, layer in self.layers.items():
             delta = layer_matrix(layer) - self.anchor[name]
-            if self.kind == "diag":
+            state = self.metric.states[name] if self.metric is not None else None
+            if state is not None and state.ready:
+                metric = state.scales + state.damping
+                rotated = state.q_g.T @ delta @ state.q_a
+                rotated = rotated * metric / (metric + lr * self.strength * self.anchor_scales(name, state))
+                delta = state.q_g @ rotated @ state.q_a.T
+            elif self.kind == "diag":
                 delta = delta / (1 + lr * self.strength * self.curvature[name])
             else:
                 q_a, q_g, scales = self.curvature[name]
@@ -234,42 +265,57 @@ class FisherRegulariser(StepHooks):
 
 
 class FeatureDataset(Dataset):
-    """Cached classifier inputs ``features`` ``(N, D)`` with labels ``(N,)``, sliceable in batches."""
+    """Cached classifier inputs of ``V`` views of ``N`` images, ``features`` ``(V, N, D)``, with labels ``(N,)``.
+
+    View 0 is the unaugmented image; items run over all views (``len = V * N``). ``subset``
+    selects images (with all their views), ``original`` keeps view 0 only.
+    """
 
     def __init__(self, features: Tensor, labels: Tensor):
+        if features.dim() == 2:
+            features = features.unsqueeze(0)
         self.features = features
-        self.targets = labels
+        self.labels = labels
+        self.targets = labels.repeat(features.shape[0])
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return self.features.shape[0] * self.features.shape[1]
 
     def __getitem__(self, i: int):
-        return self.features[i], int(self.targets[i])
+        return self.features.flatten(0, 1)[i], int(self.targets[i])
 
     def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        return self.features[indices], self.targets[indices]
+        return self.features.flatten(0, 1)[indices], self.targets[indices]
 
     def subset(self, indices: Tensor) -> "FeatureDataset":
-        return FeatureDataset(self.features[indices], self.targets[indices])
+        return FeatureDataset(self.features[:, indices], self.labels[indices])
+
+    def original(self) -> "FeatureDataset":
+        return FeatureDataset(self.features[:1], self.labels)
 
 
 @torch.no_grad()
-def cache_features(model: nn.Module, layer: nn.Linear, dataset: Dataset, *, batch_size: int = 256,
-                   device: torch.device | str = "cpu") -> FeatureDataset:
-    """Run the frozen model (eval mode) once over ``dataset`` and keep ``layer``'s inputs."""
+def cache_features(model: nn.Module, layer: nn.Linear, dataset: Dataset, *, views: int = 0, seed: int = 0,
+                   batch_size: int = 256, device: torch.device | str = "cpu") -> FeatureDataset:
+    """Run the frozen model (eval mode) once over ``dataset`` and keep ``layer``'s inputs, for the
+    images themselves and for ``views`` randomly cropped and flipped copies of each."""
     captured: list[Tensor] = []
     labels: list[Tensor] = []
+    generator = torch.Generator().manual_seed(seed)
     handle = layer.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().flatten(1)))
     was_training = model.training
     model.eval()
     try:
         for x, y in iterate_batches(dataset, batch_size, device=device):
             model(x)
+            for _ in range(views):
+                model(random_crop_flip(x, generator, pad=max(1, x.shape[-1] // 14)))
             labels.append(y)
     finally:
         handle.remove()
         model.train(was_training)
-    return FeatureDataset(torch.cat(captured), torch.cat(labels))
+    per_batch = [torch.stack(captured[i : i + views + 1]) for i in range(0, len(captured), views + 1)]
+    return FeatureDataset(torch.cat(per_batch, dim=1), torch.cat(labels))
 
 
 @contextmanager

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from . import __version__
-from .attacks import Attack, create_attack
+from .attacks import ATTACKS, Attack, create_attack
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .data import DatasetInfo, dataset_info, defender_split, load_dataset
 from .defences import purify
 from .errors import NgfkitError
 from .metrics import defence_effectiveness_rating, evaluate
-from .models import Classifier, build_model
+from .models import MODELS, Classifier, build_model
 from .train import TrainConfig, train_model
 from .utils import cache_dir, seed_everything, versions
 
@@ -48,6 +48,9 @@ class Experiment:
             self.train = TrainConfig(**self.train)
         self.info: DatasetInfo = dataset_info(self.dataset)
         self.arch = self.arch or self.info.default_arch
+        MODELS.get(self.arch)  # unknown names fail here, before any data is loaded
+        if self.attack is not None:
+            ATTACKS.get(self.attack)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -173,6 +173,7 @@ class PoisonedDataset(Dataset):
         return x, y
 
     def __getitem__(self, i: int):
+        i = range(len(self))[i]  # normalises negative indices and raises IndexError out of range
         x, y = self.dataset[i]
         x, y = self._poison_batch(x.unsqueeze(0), torch.tensor([int(y)]), self.poisoned[i : i + 1])
         return x[0], int(y[0])

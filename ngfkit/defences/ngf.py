@@ -14,7 +14,7 @@ from ..errors import NgfkitError
 from ..fisher import FISHER_TYPES
 from ..metrics import evaluate, predict
 from ..models import classifier_layer
-from ..ngf import (CombinedHooks, FisherRegulariser, NaturalGradient, cache_features, frozen_except,
+from ..ngf import (CombinedHooks, FeatureDataset, FisherRegulariser, NaturalGradient, cache_features, frozen_except,
                    layer_statistics)
 from ..train import TrainConfig, train_model
 from .base import DEFENCES, Defence
@@ -31,9 +31,9 @@ class NGFConfig:
     steps: int = 500
     batch_size: int = 128
     lr: float | None = None
-    lr_grid: tuple[float, ...] = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+    lr_grid: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
     final_lr_ratio: float = 0.1
-    damping: float = 1e-3
+    damping: float = 1e-4
     kl_clip: float = 1e-2
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -47,7 +47,7 @@ class NGFConfig:
     acc_budget: float = 3.0  # most clean-accuracy points the chosen setting may cost (held out)
     folds: int = 3  # cross-fitting folds of the clean set for choosing lr
     eval_every: int = 25
-    augment: bool = False
+    augment: int = 8  # randomly cropped + flipped views of each clean image, besides the image itself
     seed: int = 0
 
     def __post_init__(self):
@@ -88,7 +88,7 @@ class NGF(Defence):
         fast = cfg.body == "frozen" and names == (getattr(model, "classifier_name", None),)
         if fast:
             head = classifier_layer(model)
-            data = cache_features(model, head, clean_data, device=device)
+            data = cache_features(model, head, clean_data, views=cfg.augment, seed=cfg.seed, device=device)
             net, layer_names = copy.deepcopy(head), ("",)
         else:
             data, net, layer_names = clean_data, model, names
@@ -128,10 +128,10 @@ class NGF(Defence):
         regulariser = None
         if cfg.reg_strength > 0:
             stats = layer_statistics(net, layers, data, fisher=cfg.fisher, seed=cfg.seed, device=device)
-            regulariser = FisherRegulariser(layers, stats, cfg.reg_strength, cfg.regulariser)
+            regulariser = FisherRegulariser(layers, stats, cfg.reg_strength, cfg.regulariser).use_metric(natural)
         train_cfg = TrainConfig(steps=cfg.steps, lr=lr, final_lr_ratio=cfg.final_lr_ratio, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, batch_size=min(cfg.batch_size, len(data)),
-                                augment=cfg.augment)
+                                augment=bool(cfg.augment) and not isinstance(data, FeatureDataset))
         try:
             with frozen_except(net, params):
                 fit = train_model(net, data, train_cfg, seed=cfg.seed, device=device, progress=progress,
@@ -147,13 +147,13 @@ class NGF(Defence):
         """Cross-fitted clean accuracy for each learning rate on the grid; pick the strongest
         within ``acc_budget``. Uses clean data only."""
         cfg = self.config
-        n = len(data)
+        n = len(data.labels) if isinstance(data, FeatureDataset) else len(data)
         if n < 2 * cfg.folds:
             raise NgfkitError(f"the clean set has {n} images, too few for {cfg.folds}-fold selection; "
                               f"give more clean data or a fixed learning rate (lr)")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
         folds = list(torch.chunk(order, cfg.folds))
-        reference = predict(net, data, device=device)
+        reference = predict(net, data.original() if isinstance(data, FeatureDataset) else data, device=device)
         labels = reference["labels"]
         before = (reference["clean"] == labels).float().mean().item() * 100
         grid = []
@@ -164,6 +164,8 @@ class NGF(Defence):
             for k, held_out in enumerate(folds):
                 train_idx = torch.cat([f for j, f in enumerate(folds) if j != k])
                 held_data, train_data = data.subset(held_out), data.subset(train_idx)
+                if isinstance(held_data, FeatureDataset):
+                    held_data = held_data.original()
 
                 tuned, fit = self._finetune(net, layer_names, train_data, lr, device, False, desc="select",
                                             held_out=held_data)

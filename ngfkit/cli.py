@@ -1,0 +1,300 @@
+"""Command-line interface: ``ngfkit demo | attack | purify | evaluate``.
+
+Thin by design: each command parses its options, calls :mod:`ngfkit.pipeline`, prints a table
+and (with ``--json PATH``) writes the full result. Problems the user can fix end with one
+``ngfkit: error: ...`` line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import NgfkitError
+
+DEFAULT_TRAIN = {"epochs": 2, "lr": 0.05, "batch_size": 128}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--data-root", default=None, help="folder holding the dataset (default: $NGFKIT_DATA, "
+                        "then the system location, e.g. Debian's /usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the full result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _attack_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--attack", default="badnets", help="attack name (see `ngfkit list`)")
+    parser.add_argument("--poison-rate", type=float, default=0.1)
+    parser.add_argument("--target", type=int, default=0)
+    parser.add_argument("--all-to-all", action="store_true", help="label y -> y+1 instead of all -> target")
+    parser.add_argument("--epochs", type=int, default=None, help="backdoor training epochs (default: 2)")
+    parser.add_argument("--train-lr", type=float, default=None, help="backdoor training learning rate (default 0.05)")
+    parser.add_argument("--clean-fraction", type=float, default=0.01,
+                        help="share of the training set held out as the defender's clean data (default 0.01)")
+
+
+def _defence_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--defense", "--defence", dest="defense", default="ngf", help="defence name (see `ngfkit list`)")
+    parser.add_argument("--acc-budget", type=float, default=None,
+                        help="NGF: most clean-accuracy points (cross-fitted on the clean set) the chosen strength may cost")
+    parser.add_argument("--lr", type=float, default=None, help="NGF: fixed learning rate instead of choosing one")
+    parser.add_argument("--steps", type=int, default=None, help="NGF: optimiser steps")
+    parser.add_argument("--body", choices=("frozen", "sgd"), default=None,
+                        help="NGF: frozen (strictly one layer, fast) or sgd (the reference code's variant)")
+    parser.add_argument("--fisher", choices=("empirical", "sampled"), default=None)
+    parser.add_argument("--reg-strength", type=float, default=None, help="NGF: Fisher regulariser strength η")
+    parser.add_argument("--layers", default=None, help="NGF: comma-separated Linear layer names (default: the classifier)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ngfkit", description="Backdoor removal by Natural Gradient Fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="backdoor a model on the embedded data, purify it with NGF, show before/after")
+    demo.add_argument("--dataset", default="fashion-mnist")
+    demo.add_argument("--arch", default=None)
+    demo.add_argument("--no-cache", action="store_true", help="train again even if the model is cached")
+    _attack_options(demo)
+    _defence_options(demo)
+    _common(demo)
+
+    attack = sub.add_parser("attack", help="train a backdoored model and save it as safetensors")
+    attack.add_argument("--dataset", default="fashion-mnist")
+    attack.add_argument("--arch", default=None)
+    attack.add_argument("--out", required=True, help="where to write the .safetensors (a .json sidecar goes beside it)")
+    _attack_options(attack)
+    _common(attack)
+
+    purify = sub.add_parser("purify", help="purify a saved model with a defence")
+    purify.add_argument("--model", required=True, help="a .safetensors checkpoint")
+    purify.add_argument("--arch", default=None, help="needed only for checkpoints without an ngfkit sidecar")
+    purify.add_argument("--dataset", default=None, help="needed only for checkpoints without an ngfkit sidecar")
+    purify.add_argument("--clean-fraction", type=float, default=None,
+                        help="share of the training set used as clean data (default: the checkpoint's, else 0.01)")
+    purify.add_argument("--out", required=True, help="where to write the purified .safetensors")
+    _defence_options(purify)
+    _common(purify)
+
+    evaluate = sub.add_parser("evaluate", help="clean accuracy, ASR and RA of a saved model")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--attack", default=None, help="attack to test (default: the one the checkpoint records)")
+    evaluate.add_argument("--arch", default=None)
+    evaluate.add_argument("--dataset", default=None)
+    _common(evaluate)
+
+    sub.add_parser("list", help="registered datasets, architectures, attacks and defences")
+    return parser
+
+
+def _defence_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"acc_budget": "acc_budget", "lr": "lr", "steps": "steps", "body": "body", "fisher": "fisher",
+             "reg_strength": "reg_strength"}
+    options = {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
+    if getattr(args, "layers", None):
+        options["layers"] = tuple(s.strip() for s in args.layers.split(",") if s.strip())
+    options["seed"] = args.seed
+    return options
+
+
+def _check_output(path: str | None, suffix: str) -> None:
+    if path is None:
+        return
+    target = Path(path)
+    if target.suffix != suffix:
+        raise NgfkitError(f"output {path} should end in {suffix}")
+    if target.exists() and target.is_dir():
+        raise NgfkitError(f"output {path} is a folder; give a file name ending in {suffix}")
+
+
+def _experiment(args: argparse.Namespace):
+    from .pipeline import Experiment
+    from .train import TrainConfig
+
+    train = dict(DEFAULT_TRAIN)
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if args.train_lr is not None:
+        train["lr"] = args.train_lr
+    return Experiment(dataset=args.dataset, arch=args.arch, attack=args.attack, target=args.target,
+                      poison_rate=args.poison_rate, mode="all-to-all" if args.all_to_all else "all-to-one",
+                      clean_fraction=args.clean_fraction, seed=args.seed, train=TrainConfig(**train))
+
+
+def _pct(value: float | None) -> str:
+    return "   -  " if value is None else f"{value:6.2f}"
+
+
+def _table(rows: Sequence[tuple[str, dict]]) -> str:
+    lines = ["              C-ACC %   ASR %    RA %"]
+    for name, m in rows:
+        lines.append(f"  {name:<10} {_pct(m.get('acc'))}  {_pct(m.get('asr'))}  {_pct(m.get('ra'))}")
+    return "\n".join(lines)
+
+
+def _provenance(args: argparse.Namespace, start: float) -> dict[str, Any]:
+    from .utils import versions
+
+    return {"versions": versions(), "argv": sys.argv[1:], "wall_seconds": time.perf_counter() - start}
+
+
+def _strip(history: dict) -> dict:
+    """The history without per-step curves of every grid point (kept small for JSON)."""
+    return json.loads(json.dumps(history, default=str))
+
+
+def cmd_demo(args: argparse.Namespace) -> dict:
+    from .pipeline import load_or_train, load_splits, run_defence
+    from .utils import resolve_device
+
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    exp = _experiment(args)
+    splits = load_splits(exp, args.data_root, args.download)
+    trained = load_or_train(exp, splits, device=device, progress=not args.quiet, use_cache=not args.no_cache)
+    print(f"{'loaded cached' if trained.cached else 'trained'} {exp.arch} backdoored with {exp.attack} "
+          f"on {exp.dataset} ({len(splits.train)} training images, {len(splits.clean)} held out as clean data)")
+    result = run_defence(trained.model, trained.attack, splits, args.defense, device=device,
+                         progress=not args.quiet, before=trained.meta.get("metrics"), **_defence_kwargs(args))
+    history = result["history"]
+    print(_table([("before", result["before"]), (f"after {args.defense}", result["after"])]))
+    if "chosen" in history:
+        print(f"  chosen from clean data: {history['chosen']}; purify took {history['seconds']:.1f} s")
+    total = time.perf_counter() - start
+    return {"dataset": exp.dataset, "arch": exp.arch, "attack": exp.attack, "defense": args.defense,
+            "before": result["before"], "after": result["after"], "der": result.get("der"),
+            "seconds": {"train": trained.seconds, "purify": history["seconds"], "total": total},
+            "seed": exp.seed, "cached_model": trained.cached, "experiment": exp.to_dict(),
+            "defense_history": _strip(history), **_provenance(args, start)}
+
+
+def cmd_attack(args: argparse.Namespace) -> dict:
+    from .checkpoint import save_checkpoint
+    from .pipeline import load_or_train, load_splits
+    from .utils import resolve_device
+
+    _check_output(args.out, ".safetensors")
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    exp = _experiment(args)
+    splits = load_splits(exp, args.data_root, args.download)
+    trained = load_or_train(exp, splits, device=device, progress=not args.quiet, use_cache=False)
+    save_checkpoint(args.out, trained.model, trained.meta, trained.attack.trigger if trained.attack else None)
+    print(f"wrote {args.out} (+ {Path(args.out).with_suffix('.json').name})")
+    print(_table([("backdoored", trained.meta["metrics"])]))
+    return {"dataset": exp.dataset, "arch": exp.arch, "attack": exp.attack, "model": args.out,
+            "metrics": trained.meta["metrics"], "seconds": {"train": trained.seconds}, "seed": exp.seed,
+            "experiment": exp.to_dict(), **_provenance(args, start)}
+
+
+def _clean_and_test(meta: dict, dataset: str, args: argparse.Namespace, clean_fraction: float | None):
+    from .data import defender_split, load_dataset
+
+    experiment = meta.get("experiment", {})
+    fraction = clean_fraction or experiment.get("clean_fraction", 0.01)
+    seed = experiment.get("seed", args.seed)
+    train = load_dataset(dataset, "train", root=args.data_root, download=args.download)
+    test = load_dataset(dataset, "test", root=args.data_root, download=args.download)
+    _, clean_idx = defender_split(len(train), fraction, seed)
+    return train.subset(clean_idx), test, fraction
+
+
+def cmd_purify(args: argparse.Namespace) -> dict:
+    from .checkpoint import save_checkpoint
+    from .defences import purify
+    from .metrics import defence_effectiveness_rating, evaluate
+    from .pipeline import model_from_checkpoint
+    from .utils import resolve_device, versions
+
+    _check_output(args.out, ".safetensors")
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    model, attack, meta = model_from_checkpoint(args.model, args.arch, args.dataset)
+    dataset = meta.get("dataset") or args.dataset
+    clean, test, fraction = _clean_and_test(meta, dataset, args, args.clean_fraction)
+    model = model.to(device)
+    purified, history = purify(model, clean, args.defense, device=device, progress=not args.quiet,
+                               **_defence_kwargs(args))
+    before = evaluate(model, test, attack, device=device)
+    after = evaluate(purified, test, attack, device=device)
+    out_meta = {**meta, "arch": meta.get("arch") or args.arch, "dataset": dataset, "metrics": after,
+                "purified_from": str(args.model), "defense": args.defense, "defense_config": history["config"],
+                "clean_fraction": fraction, "seed": args.seed, "versions": versions()}
+    save_checkpoint(args.out, purified, out_meta, attack.trigger if attack else None)
+    print(_table([("before", before), (f"after {args.defense}", after)]))
+    print(f"  purify took {history['seconds']:.1f} s; wrote {args.out}")
+    result = {"model": args.model, "out": args.out, "dataset": dataset, "arch": out_meta["arch"],
+              "attack": attack.name if attack else None, "defense": args.defense, "before": before,
+              "after": after, "seconds": {"purify": history["seconds"]}, "seed": args.seed,
+              "defense_history": _strip(history), **_provenance(args, start)}
+    if attack is not None:
+        result["der"] = defence_effectiveness_rating(before, after)
+    return result
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from .attacks import create_attack
+    from .data import dataset_info, load_dataset
+    from .metrics import evaluate
+    from .pipeline import model_from_checkpoint
+    from .utils import resolve_device
+
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    model, attack, meta = model_from_checkpoint(args.model, args.arch, args.dataset)
+    dataset = meta.get("dataset") or args.dataset
+    if args.attack is not None and (attack is None or attack.name != args.attack):
+        info = dataset_info(dataset)
+        attack = create_attack(args.attack, info.image_shape, info.num_classes, seed=args.seed)
+    test = load_dataset(dataset, "test", root=args.data_root, download=args.download)
+    metrics = evaluate(model.to(device), test, attack, device=device)
+    print(_table([(Path(args.model).stem[:10], metrics)]))
+    return {"model": args.model, "dataset": dataset, "arch": meta.get("arch") or args.arch,
+            "attack": attack.name if attack else None, **metrics, "seed": args.seed,
+            **_provenance(args, start)}
+
+
+def cmd_list(args: argparse.Namespace) -> dict:
+    from .attacks import ATTACKS
+    from .data import DATASETS
+    from .defences import DEFENCES
+    from .models import MODELS
+
+    listing = {"datasets": DATASETS.names(), "architectures": MODELS.names(), "attacks": ATTACKS.names(),
+               "defenses": DEFENCES.names()}
+    for key, names in listing.items():
+        print(f"{key:>13}: {', '.join(names)}")
+    return listing
+
+
+COMMANDS = {"demo": cmd_demo, "attack": cmd_attack, "purify": cmd_purify, "evaluate": cmd_evaluate,
+            "list": cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "json", None):
+            _check_output(args.json, ".json")
+        result = COMMANDS[args.command](args)
+        if getattr(args, "json", None):
+            from .utils import write_json
+
+            write_json(args.json, result)
+            print(f"wrote {args.json}")
+    except NgfkitError as error:
+        print(f"ngfkit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ngfkit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
