@@ -40,6 +40,20 @@ def softmax_output_gradients(logits: Tensor, labels: Tensor) -> Tensor:
     return logits.detach().softmax(1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
 
 
+def symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """``eigh`` of (a batch of) symmetric PSD matrices, in float64 and with a tiny diagonal jitter
+    on failure: Fisher factors of a well-fit model are often singular, where float32 ``eigh``
+    can fail to converge."""
+    m = matrix.double()
+    m = (m + m.transpose(-1, -2)) / 2
+    try:
+        values, vectors = torch.linalg.eigh(m)
+    except torch.linalg.LinAlgError:
+        scale = m.diagonal(dim1=-2, dim2=-1).abs().mean().clamp_min(1e-30)
+        values, vectors = torch.linalg.eigh(m + 1e-9 * scale * torch.eye(m.shape[-1], dtype=m.dtype, device=m.device))
+    return values.to(matrix.dtype), vectors.to(matrix.dtype)
+
+
 def kfac_factors(a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     """``A = aᵀa / N`` ``(D_in, D_in)`` and ``G = gᵀg / N`` ``(D_out, D_out)`` from per-sample rows."""
     n = a.shape[0]
@@ -93,8 +107,8 @@ class KFACState:
             self.scales = self._average(self.scales, eigenbasis_scales(a, g, self.q_a, self.q_g))
 
     def refresh_eigenbasis(self) -> None:
-        eig_a, self.q_a = torch.linalg.eigh(self.A)
-        eig_g, self.q_g = torch.linalg.eigh(self.G)
+        eig_a, self.q_a = symmetric_eigh(self.A)
+        eig_g, self.q_g = symmetric_eigh(self.G)
         self.scales = eig_g.clamp_min(0).view(-1, 1) * eig_a.clamp_min(0).view(1, -1)
 
     @property

@@ -15,7 +15,8 @@ from ..fisher import FISHER_TYPES
 from ..metrics import evaluate, predict
 from ..models import classifier_layer
 from ..ngf import (CombinedHooks, FeatureDataset, FisherRegulariser, NaturalGradient, cache_features, frozen_except,
-                   layer_statistics)
+                   layer_matrix, layer_statistics, set_layer_matrix)
+from ..ngf_heads import fit_heads
 from ..train import TrainConfig, train_model
 from .base import DEFENCES, Defence
 
@@ -86,26 +87,77 @@ class NGF(Defence):
         for name in names:
             classifier_layer(model, name)  # clear error for a wrong name
         fast = cfg.body == "frozen" and names == (getattr(model, "classifier_name", None),)
+        history: dict = {"fast_path": fast, "layers": list(names), "num_clean": len(clean_data)}
         if fast:
             head = classifier_layer(model)
             data = cache_features(model, head, clean_data, views=cfg.augment, seed=cfg.seed, device=device)
-            net, layer_names = copy.deepcopy(head), ("",)
+            weight = layer_matrix(head)
+            lr = cfg.lr
+            if lr is None:
+                lr, history["selection"] = self._choose_lr(
+                    len(data.labels), data.labels, self._head_grid(data, weight), progress,
+                    before=(data.original().features[0] @ weight[:, :-1].T + weight[:, -1]).argmax(1))
+            fit = fit_heads(data.features, data.labels, weight, [torch.arange(len(data.labels))], [lr], cfg)
+            set_layer_matrix(head, fit["weight"][0])
+            history["loss"] = fit["loss"][:, 0].tolist()
         else:
-            data, net, layer_names = clean_data, model, names
-
-        history: dict = {"fast_path": fast, "layers": list(names), "num_clean": len(clean_data)}
-        lr = cfg.lr
-        if lr is None:
-            lr, history["selection"] = self._choose_lr(net, layer_names, data, device, progress)
-        history["chosen"] = {"lr": lr, "damping": cfg.damping, "steps": cfg.steps}
-        tuned, fit = self._finetune(net, layer_names, data, lr, device, progress, desc="ngf")
-        history["loss"] = fit["loss"]
-        history["kl_scale_last"] = fit["kl_scale_last"]
-        if fast:
-            classifier_layer(model).load_state_dict(tuned.state_dict())
-        else:
-            model = tuned
+            lr = cfg.lr
+            if lr is None:
+                reference = predict(model, clean_data, device=device)
+                lr, history["selection"] = self._choose_lr(
+                    len(clean_data), reference["labels"], self._generic_grid(model, names, clean_data, device),
+                    progress, before=reference["clean"])
+            model, fit = self._finetune(model, names, clean_data, lr, device, progress, desc="ngf")
+            history["loss"] = fit["loss"]
+        history["chosen"] = {"lr": lr, "damping": cfg.damping, "steps": cfg.steps, "augment": cfg.augment}
         return model.eval(), history
+
+    def _head_grid(self, data: FeatureDataset, weight: torch.Tensor):
+        """Held-out predictions for every (lr, fold) at once, with the batched closed-form heads."""
+        cfg = self.config
+
+        def grid(folds: list[torch.Tensor]):
+            train_sets, held_out, lrs = [], [], []
+            for lr in cfg.lr_grid:
+                for k, fold in enumerate(folds):
+                    train_sets.append(torch.cat([f for j, f in enumerate(folds) if j != k]))
+                    held_out.append(fold)
+                    lrs.append(lr)
+            fit = fit_heads(data.features, data.labels, weight, train_sets, lrs, cfg, held_out=held_out)
+            inputs = data.original().features[0]
+            predictions = (inputs @ fit["weight"][:, :, :-1].transpose(1, 2) + fit["weight"][:, None, :, -1]).argmax(-1)
+            results = []
+            for g, lr in enumerate(cfg.lr_grid):
+                rows = range(g * len(folds), (g + 1) * len(folds))
+                predicted = torch.empty(len(data.labels), dtype=torch.long)
+                for r, fold in zip(rows, folds):
+                    predicted[fold] = predictions[r, fold]
+                curve = [(step, sum(float(acc[r]) * len(folds[r % len(folds)]) for r in rows) / len(data.labels))
+                         for step, acc in fit["curve"]]
+                results.append((predicted, curve))
+            return results
+
+        return grid
+
+    def _generic_grid(self, model: nn.Module, names, clean_data: Dataset, device):
+        """Held-out predictions for every (lr, fold), one full fine-tuning run each."""
+
+        def grid(folds: list[torch.Tensor]):
+            results = []
+            for lr in self.config.lr_grid:
+                predicted = torch.empty(len(clean_data), dtype=torch.long)
+                curve: dict[int, float] = {}
+                for k, fold in enumerate(folds):
+                    train = clean_data.subset(torch.cat([f for j, f in enumerate(folds) if j != k]))
+                    held = clean_data.subset(fold)
+                    tuned, fit = self._finetune(model, names, train, lr, device, False, desc="select", held_out=held)
+                    predicted[fold] = predict(tuned, held, device=device)["clean"]
+                    for step, acc in fit["val_curve"]:
+                        curve[step] = curve.get(step, 0.0) + acc * len(fold) / len(clean_data)
+                results.append((predicted, sorted(curve.items())))
+            return results
+
+        return grid
 
     def _finetune(self, net: nn.Module, layer_names, data: Dataset, lr: float, device, progress: bool,
                   desc: str, held_out: Dataset | None = None) -> tuple[nn.Module, dict]:
@@ -143,43 +195,29 @@ class NGF(Defence):
         fit["val_curve"] = curve
         return net.eval(), fit
 
-    def _choose_lr(self, net: nn.Module, layer_names, data: Dataset, device, progress: bool):
-        """Cross-fitted clean accuracy for each learning rate on the grid; pick the strongest
-        within ``acc_budget``. Uses clean data only."""
+    def _choose_lr(self, n: int, labels: torch.Tensor, grid_predictions, progress: bool, *, before: torch.Tensor):
+        """The strongest lr on ``lr_grid`` whose cross-fitted clean accuracy (each clean image
+        predicted by a model fine-tuned without it) is at most ``acc_budget`` points below the
+        input model's; the weakest if none is. Uses clean data only."""
         cfg = self.config
-        n = len(data.labels) if isinstance(data, FeatureDataset) else len(data)
         if n < 2 * cfg.folds:
             raise NgfkitError(f"the clean set has {n} images, too few for {cfg.folds}-fold selection; "
                               f"give more clean data or a fixed learning rate (lr)")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
         folds = list(torch.chunk(order, cfg.folds))
-        reference = predict(net, data.original() if isinstance(data, FeatureDataset) else data, device=device)
-        labels = reference["labels"]
-        before = (reference["clean"] == labels).float().mean().item() * 100
-        grid = []
-        bar = tqdm(total=len(cfg.lr_grid), desc="ngf: choose lr on clean data", disable=not progress, leave=False)
-        for lr in cfg.lr_grid:
-            correct = torch.zeros(n, dtype=torch.bool)
-            curve: dict[int, float] = {}
-            for k, held_out in enumerate(folds):
-                train_idx = torch.cat([f for j, f in enumerate(folds) if j != k])
-                held_data, train_data = data.subset(held_out), data.subset(train_idx)
-                if isinstance(held_data, FeatureDataset):
-                    held_data = held_data.original()
-
-                tuned, fit = self._finetune(net, layer_names, train_data, lr, device, False, desc="select",
-                                            held_out=held_data)
-                correct[held_out] = predict(tuned, held_data, device=device)["clean"] == labels[held_out]
-                for step, acc in fit["val_curve"]:
-                    curve[step] = curve.get(step, 0.0) + acc * len(held_out) / n
-            after = correct.float().mean().item() * 100
-            grid.append({"lr": lr, "val_acc": after, "val_acc_drop": before - after,
-                         "val_curve": sorted(curve.items())})
+        accuracy_before = 100.0 * (before.cpu() == labels.cpu()).float().mean().item()
+        with tqdm(total=1, desc=f"ngf: {len(cfg.lr_grid)} lr x {cfg.folds} folds on clean data",
+                  disable=not progress, leave=False) as bar:
+            results = grid_predictions(folds)
             bar.update(1)
-            bar.set_postfix(lr=lr, drop=f"{before - after:.1f}")
-        bar.close()
+        grid = []
+        for lr, (predicted, curve) in zip(cfg.lr_grid, results):
+            after = 100.0 * (predicted.cpu() == labels.cpu()).float().mean().item()
+            grid.append({"lr": lr, "val_acc": after, "val_acc_drop": accuracy_before - after,
+                         "val_curve": [(int(step), float(acc)) for step, acc in curve]})
         within = [g for g in grid if g["val_acc_drop"] <= cfg.acc_budget]
         chosen = within[-1] if within else grid[0]
         selection = {"rule": f"strongest lr with cross-fitted clean-accuracy drop <= {cfg.acc_budget} points",
-                     "val_acc_before": before, "grid": grid, "budget_met": bool(within)}
+                     "folds": cfg.folds, "val_acc_before": accuracy_before, "grid": grid,
+                     "budget_met": bool(within)}
         return chosen["lr"], selection

@@ -1,0 +1,97 @@
+"""A tiny fixed-seed run of the whole spine on a subset of the real Fashion-MNIST:
+backdoor a model, save it, purify it with NGF through the CLI, evaluate, and the demo."""
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ngfkit.cli import main
+from ngfkit.data import SYSTEM_DATA_DIRS, load_dataset
+
+DEBIAN = SYSTEM_DATA_DIRS["fashion-mnist"][0]
+pytestmark = pytest.mark.skipif(not DEBIAN.is_dir(), reason="needs Debian's dataset-fashion-mnist "
+                                "(installed by scripts/setup.sh)")
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    header = np.array([magic, *array.shape], dtype=">i4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def small_fashion(tmp_path_factory) -> Path:
+    """4000 training and 1000 test images of the real data, in the real on-disk format."""
+    root = tmp_path_factory.mktemp("fashion")
+    for split, prefix, count in (("train", "train", 4000), ("test", "t10k", 1000)):
+        data = load_dataset("fashion-mnist", split, root=DEBIAN)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", data.images[:count, 0].numpy(), 2051)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", data.labels[:count].numpy(), 2049)
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NGFKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def run(*argv: str) -> None:
+    assert main(list(argv)) == 0
+
+
+def test_attack_purify_evaluate_through_the_cli(small_fashion, cache):
+    model = cache / "bd.safetensors"
+    run("attack", "--data-root", str(small_fashion), "--epochs", "3", "--clean-fraction", "0.1",
+        "--out", str(model), "--json", str(cache / "attack.json"), "--quiet", "--device", "cpu")
+    attack = json.loads((cache / "attack.json").read_text())
+    assert attack["metrics"]["asr"] >= 90 and attack["metrics"]["acc"] >= 70
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    assert sidecar["attack"]["name"] == "badnets" and sidecar["seed"] == 0 and "torch" in sidecar["versions"]
+
+    purified = cache / "clean.safetensors"
+    run("purify", "--model", str(model), "--data-root", str(small_fashion), "--out", str(purified),
+        "--lr", "0.01", "--json", str(cache / "purify.json"), "--quiet")
+    result = json.loads((cache / "purify.json").read_text())
+    assert result["before"] == pytest.approx(attack["metrics"])
+    history = result["defense_history"]
+    assert history["fast_path"] and history["chosen"]["lr"] == 0.01 and len(history["loss"]) == 500
+    # strong natural-gradient steps on the last layer alone must move the backdoor
+    assert result["after"]["asr"] < result["before"]["asr"] - 10
+
+    run("evaluate", "--model", str(purified), "--data-root", str(small_fashion), "--json", str(cache / "eval.json"))
+    assert json.loads((cache / "eval.json").read_text())["asr"] == pytest.approx(result["after"]["asr"])
+
+    # only the classifier changed: the frozen body is bit-identical
+    from safetensors.torch import load_file
+    before, after = load_file(str(model)), load_file(str(purified))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"model.head.weight", "model.head.bias"}
+
+
+def test_demo_chooses_strength_from_clean_data_and_reuses_its_model(small_fashion, cache, capsys):
+    out = cache / "demo.json"
+    args = ["demo", "--data-root", str(small_fashion), "--epochs", "3", "--clean-fraction", "0.1",
+            "--json", str(out), "--quiet"]
+    run(*args)
+    first = json.loads(out.read_text())
+    for key in ("dataset", "arch", "attack", "defense", "before", "after", "seconds", "seed"):
+        assert key in first
+    assert set(first["seconds"]) >= {"train", "purify", "total"}
+    selection = first["defense_history"]["selection"]
+    drops = {g["lr"]: g["val_acc_drop"] for g in selection["grid"]}
+    chosen = first["defense_history"]["chosen"]["lr"]
+    if selection["budget_met"]:
+        assert drops[chosen] <= 3.0
+        assert all(drops[lr] > 3.0 for lr in drops if lr > chosen)
+    else:
+        assert chosen == min(drops)
+    assert first["cached_model"] is False
+
+    run(*args)
+    second = json.loads(out.read_text())
+    assert second["cached_model"] is True and second["seconds"]["train"] == 0
+    assert second["after"] == pytest.approx(first["after"])  # seeded: the same purification again
