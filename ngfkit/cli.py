@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .errors import NgfkitError
 
-DEFAULT_TRAIN = {"epochs": 2, "lr": 0.05, "batch_size": 128}
+DEFAULT_TRAIN = {"epochs": 1, "lr": 0.05, "batch_size": 128}
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def _attack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poison-rate", type=float, default=0.1)
     parser.add_argument("--target", type=int, default=0)
     parser.add_argument("--all-to-all", action="store_true", help="label y -> y+1 instead of all -> target")
-    parser.add_argument("--epochs", type=int, default=None, help="backdoor training epochs (default: 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="backdoor training epochs (default: 1)")
     parser.add_argument("--train-lr", type=float, default=None, help="backdoor training learning rate (default 0.05)")
     parser.add_argument("--clean-fraction", type=float, default=0.01,
                         help="share of the training set held out as the defender's clean data (default 0.01)")
@@ -160,7 +160,8 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     print(f"{'loaded cached' if trained.cached else 'trained'} {exp.arch} backdoored with {exp.attack} "
           f"on {exp.dataset} ({len(splits.train)} training images, {len(splits.clean)} held out as clean data)")
     result = run_defence(trained.model, trained.attack, splits, args.defense, device=device,
-                         progress=not args.quiet, before=trained.meta.get("metrics"), **_defence_kwargs(args))
+                         progress=not args.quiet, before=trained.meta.get("metrics"),
+                         test_predictions=trained.test_predictions, **_defence_kwargs(args))
     history = result["history"]
     print(_table([("before", result["before"]), (f"after {args.defense}", result["after"])]))
     if "chosen" in history:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .batches import iterate_batches
+from .train import to_channels_last
 
 
 def accuracy(predictions: Tensor, labels: Tensor) -> float:
@@ -46,30 +47,61 @@ def defence_effectiveness_rating(before: dict, after: dict) -> float:
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, *, attack=None, batch_size: int = 512,
-            device: torch.device | str = "cpu") -> dict[str, Tensor]:
+            device: torch.device | str = "cpu", keep_inputs_of: nn.Module | None = None) -> dict[str, Tensor]:
     """Predicted classes on ``dataset`` (and on its triggered copy when ``attack`` is given).
 
     Returns ``{"labels", "clean"}`` and, with an attack, ``"triggered"`` and ``"target"``, each ``(N,)``.
+    With ``keep_inputs_of`` (a layer, usually the classifier), also that layer's inputs
+    ``"clean_inputs"`` (and ``"triggered_inputs"``), ``(N, D)``, so that a model differing only in
+    that layer can be measured again with :func:`evaluate_layer` without re-running the body.
     """
     was_training = model.training
     model.eval()
-    out: dict[str, list[Tensor]] = {"labels": [], "clean": [], "triggered": [], "target": []}
-    for x, y in iterate_batches(dataset, batch_size, device=device):
-        out["labels"].append(y.cpu())
-        out["clean"].append(model(x).argmax(1).cpu())
+    out: dict[str, list[Tensor]] = {k: [] for k in ("labels", "clean", "triggered", "target")}
+    captured: list[Tensor] = []
+    handle = None
+    if keep_inputs_of is not None:
+        handle = keep_inputs_of.register_forward_hook(lambda m, args, o: captured.append(args[0].detach().flatten(1)))
+    try:
+        for x, y in iterate_batches(dataset, batch_size, device=device):
+            out["labels"].append(y.cpu())
+            out["clean"].append(model(to_channels_last(x)).argmax(1).cpu())
+            if attack is not None:
+                out["triggered"].append(model(to_channels_last(attack.apply(x))).argmax(1).cpu())
+                out["target"].append(attack.target_labels(y).cpu())
+    finally:
+        if handle is not None:
+            handle.remove()
+        model.train(was_training)
+    if captured:
+        step = 2 if attack is not None else 1
+        out["clean_inputs"] = captured[0::step]
         if attack is not None:
-            out["triggered"].append(model(attack.apply(x)).argmax(1).cpu())
-            out["target"].append(attack.target_labels(y).cpu())
-    model.train(was_training)
+            out["triggered_inputs"] = captured[1::step]
     return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def _metrics(p: dict[str, Tensor], with_attack: bool) -> dict[str, float]:
+    result = {"acc": accuracy(p["clean"], p["labels"])}
+    if with_attack:
+        result["asr"] = attack_success_rate(p["triggered"], p["labels"], p["target"])
+        result["ra"] = robust_accuracy(p["triggered"], p["labels"], p["target"])
+    return result
+
+
+@torch.no_grad()
+def evaluate_layer(layer: nn.Module, predictions: dict[str, Tensor]) -> dict[str, float]:
+    """Metrics of a model whose last layer is ``layer``, from the inputs of that layer that
+    :func:`predict` kept (``keep_inputs_of``) for the same body."""
+    device = next(layer.parameters()).device
+    p = dict(predictions)
+    p["clean"] = layer(p["clean_inputs"].to(device)).argmax(1).cpu()
+    if "triggered_inputs" in p:
+        p["triggered"] = layer(p["triggered_inputs"].to(device)).argmax(1).cpu()
+    return _metrics(p, "triggered_inputs" in p)
 
 
 def evaluate(model: nn.Module, dataset: Dataset, attack=None, *, batch_size: int = 512,
              device: torch.device | str = "cpu") -> dict[str, float]:
     """``{"acc"}``, plus ``"asr"`` and ``"ra"`` when an attack is given, in percent."""
-    p = predict(model, dataset, attack=attack, batch_size=batch_size, device=device)
-    result = {"acc": accuracy(p["clean"], p["labels"])}
-    if attack is not None:
-        result["asr"] = attack_success_rate(p["triggered"], p["labels"], p["target"])
-        result["ra"] = robust_accuracy(p["triggered"], p["labels"], p["target"])
-    return result
+    return _metrics(predict(model, dataset, attack=attack, batch_size=batch_size, device=device), attack is not None)

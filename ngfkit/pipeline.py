@@ -22,10 +22,14 @@ from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .data import DatasetInfo, dataset_info, defender_split, load_dataset
 from .defences import purify
 from .errors import NgfkitError
-from .metrics import defence_effectiveness_rating, evaluate
-from .models import MODELS, Classifier, build_model
+from .metrics import defence_effectiveness_rating, evaluate, evaluate_layer, predict
+from .models import MODELS, Classifier, build_model, classifier_layer
 from .train import TrainConfig, train_model
 from .utils import cache_dir, seed_everything, versions
+
+
+#: part of every cache key: bump it when a registered model or attack changes shape or meaning
+CACHE_VERSION = 1
 
 
 @dataclass
@@ -56,8 +60,10 @@ class Experiment:
         return asdict(self)
 
     def key(self) -> str:
-        """A stable name for the cache: readable prefix plus a hash of the whole config."""
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """A stable name for the cache: readable prefix plus a hash of the whole config (and of
+        :data:`CACHE_VERSION`, bumped whenever a model or attack definition changes)."""
+        payload = {"cache_version": CACHE_VERSION, **self.to_dict()}
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.dataset}-{self.arch}-{self.attack or 'clean'}-s{self.seed}-{digest}"
 
     def make_attack(self) -> Attack | None:
@@ -93,6 +99,8 @@ class TrainedModel:
     meta: dict[str, Any]
     cached: bool
     seconds: float
+    #: test-set predictions with the classifier's inputs kept (see :func:`ngfkit.metrics.predict`)
+    test_predictions: dict | None = None
 
 
 def model_from_checkpoint(path: str | Path, arch: str | None = None, dataset: str | None = None,
@@ -135,7 +143,9 @@ def load_or_train(exp: Experiment, splits: Splits | None = None, *, device: torc
     train_set = attack.poison(splits.train) if attack is not None else splits.train
     fit = train_model(model, train_set, exp.train, seed=exp.seed, device=device, progress=progress,
                       desc=f"train {exp.arch} ({exp.attack or 'clean'})")
-    metrics = evaluate(model, splits.test, attack, device=device)
+    test_predictions = predict(model, splits.test, attack=attack, device=device,
+                               keep_inputs_of=classifier_layer(model))
+    metrics = evaluate_layer(classifier_layer(model), test_predictions)
     meta = {"format": "ngfkit-model", "arch": exp.arch, "dataset": exp.dataset, "experiment": exp.to_dict(),
             "attack": attack.state() if attack else None,
             "poisoned_indices": int(train_set.poisoned.sum()) if attack else 0,
@@ -143,16 +153,23 @@ def load_or_train(exp: Experiment, splits: Splits | None = None, *, device: torc
             "seed": exp.seed, "versions": versions()}
     if use_cache:
         save_checkpoint(path, model, meta, attack.trigger if attack else None)
-    return TrainedModel(model, attack, meta, False, fit["seconds"])
+    return TrainedModel(model, attack, meta, False, fit["seconds"], test_predictions)
 
 
 def run_defence(model: nn.Module, attack: Attack | None, splits: Splits, defense: str = "ngf", *,
                 device: torch.device | str = "cpu", progress: bool = True, before: dict | None = None,
-                **options: Any) -> dict[str, Any]:
-    """Purify ``model`` with ``splits.clean`` and measure it on ``splits.test`` before and after."""
+                test_predictions: dict | None = None, **options: Any) -> dict[str, Any]:
+    """Purify ``model`` with ``splits.clean`` and measure it on ``splits.test`` before and after.
+
+    ``test_predictions`` (from :func:`load_or_train`) lets a defence that changed only the
+    classifier be measured from the cached classifier inputs instead of a second pass.
+    """
     before = before or evaluate(model, splits.test, attack, device=device)
     purified, history = purify(model, splits.clean, defense, device=device, progress=progress, **options)
-    after = evaluate(purified, splits.test, attack, device=device)
+    if test_predictions is not None and history.get("fast_path"):
+        after = evaluate_layer(classifier_layer(purified), test_predictions)
+    else:
+        after = evaluate(purified, splits.test, attack, device=device)
     result = {"defense": defense, "before": before, "after": after, "history": history, "model": purified}
     if attack is not None:
         result["der"] = defence_effectiveness_rating(before, after)

@@ -114,3 +114,21 @@ def test_bad_options_are_one_line_errors(options, message):
     with pytest.raises(NgfkitError, match=message) as info:
         purify(FeatureModel(), clean, "ngf", steps=5, **options)
     assert "\n" not in str(info.value)
+
+
+def test_metrics_from_kept_classifier_inputs_equal_a_full_evaluation():
+    from ngfkit.attacks import create_attack
+    from ngfkit.data import FASHION_MNIST, ImageTensorDataset
+    from ngfkit.metrics import evaluate, evaluate_layer, predict
+    from ngfkit.models import build_model
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8)
+    data = ImageTensorDataset(images, torch.randint(0, 10, (50,)), FASHION_MNIST)
+    model = build_model("smallcnn", 10, (1, 28, 28), (0.5,), (0.5,)).eval()
+    attack = create_attack("badnets", (1, 28, 28), 10)
+    kept = predict(model, data, attack=attack, batch_size=16, keep_inputs_of=model.head)
+    assert kept["clean_inputs"].shape == (50, 256) and kept["triggered_inputs"].shape == (50, 256)
+    with torch.no_grad():
+        model.head.weight.mul_(-1)  # a different classifier on the same body
+    assert evaluate_layer(model.head, kept) == pytest.approx(evaluate(model, data, attack, batch_size=16))

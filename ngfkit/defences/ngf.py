@@ -32,7 +32,7 @@ class NGFConfig:
     steps: int = 500
     batch_size: int = 128
     lr: float | None = None
-    lr_grid: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
+    lr_grid: tuple[float, ...] = (3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 3e-3)
     final_lr_ratio: float = 0.1
     damping: float = 1e-4
     kl_clip: float = 1e-2
@@ -46,7 +46,7 @@ class NGFConfig:
     regulariser: str = "diag"  # "diag" or "kfac" Fisher penalty; strength 0 switches it off
     reg_strength: float = 0.0
     acc_budget: float = 3.0  # most clean-accuracy points the chosen setting may cost (held out)
-    folds: int = 3  # cross-fitting folds of the clean set for choosing lr
+    folds: int = 5  # cross-fitting folds of the clean set for choosing lr
     eval_every: int = 25
     augment: int = 8  # randomly cropped + flipped views of each clean image, besides the image itself
     seed: int = 0
