@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .batches import iterate_batches
-from .train import to_channels_last
+from .train import to_channels_last, use_channels_last
 
 
 def accuracy(predictions: Tensor, labels: Tensor) -> float:
@@ -56,7 +56,7 @@ def predict(model: nn.Module, dataset: Dataset, *, attack=None, batch_size: int 
     that layer can be measured again with :func:`evaluate_layer` without re-running the body.
     """
     was_training = model.training
-    model.eval()
+    use_channels_last(model).eval()
     out: dict[str, list[Tensor]] = {k: [] for k in ("labels", "clean", "triggered", "target")}
     captured: list[Tensor] = []
     handle = None

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from .batches import iterate_batches, random_crop_flip
 from .fisher import (KFACState, diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors,
                      with_bias_column)
-from .train import StepHooks
+from .train import StepHooks, to_channels_last, use_channels_last
 
 
 def layer_gradient(layer: nn.Linear) -> Tensor:
@@ -304,12 +304,12 @@ def cache_features(model: nn.Module, layer: nn.Linear, dataset: Dataset, *, view
     generator = torch.Generator().manual_seed(seed)
     handle = layer.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().flatten(1)))
     was_training = model.training
-    model.eval()
+    use_channels_last(model).eval()
     try:
         for x, y in iterate_batches(dataset, batch_size, device=device):
-            model(x)
+            model(to_channels_last(x))
             for _ in range(views):
-                model(random_crop_flip(x, generator, pad=max(1, x.shape[-1] // 14)))
+                model(to_channels_last(random_crop_flip(x, generator, pad=max(1, x.shape[-1] // 14))))
             labels.append(y)
     finally:
         handle.remove()

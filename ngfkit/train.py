@@ -37,6 +37,14 @@ def to_channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Put the model's weights in channels-last layout too. Every pass (training, evaluation,
+    feature caching) does this, so a model fresh from training and the same model loaded from a
+    checkpoint compute bit-identical outputs: NGF's small damping amplifies even float-rounding
+    differences between memory layouts."""
+    return model.to(memory_format=torch.channels_last)
+
+
 class StepHooks:
     """What a defence may add to the shared loop; every method is optional.
 
@@ -65,8 +73,7 @@ def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, *, seed
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model.to(device).train(train_mode)
-    model.to(memory_format=torch.channels_last)
+    use_channels_last(model.to(device)).train(train_mode)
     params = list(model.parameters()) if params is None else params
     optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
