@@ -143,8 +143,8 @@ def _provenance(args: argparse.Namespace, start: float) -> dict[str, Any]:
     return {"versions": versions(), "argv": sys.argv[1:], "wall_seconds": time.perf_counter() - start}
 
 
-def _strip(history: dict) -> dict:
-    """The history without per-step curves of every grid point (kept small for JSON)."""
+def _json_safe(history: dict) -> dict:
+    """The defence history with anything JSON cannot hold turned into strings."""
     return json.loads(json.dumps(history, default=str))
 
 
@@ -171,7 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
             "before": result["before"], "after": result["after"], "der": result.get("der"),
             "seconds": {"train": trained.seconds, "purify": history["seconds"], "total": total},
             "seed": exp.seed, "cached_model": trained.cached, "experiment": exp.to_dict(),
-            "defense_history": _strip(history), **_provenance(args, start)}
+            "defense_history": _json_safe(history), **_provenance(args, start)}
 
 
 def cmd_attack(args: argparse.Namespace) -> dict:
@@ -232,7 +232,7 @@ def cmd_purify(args: argparse.Namespace) -> dict:
     result = {"model": args.model, "out": args.out, "dataset": dataset, "arch": out_meta["arch"],
               "attack": attack.name if attack else None, "defense": args.defense, "before": before,
               "after": after, "seconds": {"purify": history["seconds"]}, "seed": args.seed,
-              "defense_history": _strip(history), **_provenance(args, start)}
+              "defense_history": _json_safe(history), **_provenance(args, start)}
     if attack is not None:
         result["der"] = defence_effectiveness_rating(before, after)
     return result

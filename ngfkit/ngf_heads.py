@@ -76,7 +76,7 @@ def fit_heads(features: Tensor, labels: Tensor, weight: Tensor, train_sets: Sequ
         anchor_stats = []
         stats_generator = torch.Generator().manual_seed(cfg.seed)
         for images in train_sets:
-            rows = (torch.arange(views).view(-1, 1) * n + images.view(1, -1)).flatten().to(flat.device)
+            rows = images.to(flat.device)  # the clean images themselves (view 0), as the generic path
             a = flat[rows]
             logits = a @ weight.T
             chosen = fisher_labels(logits, targets[rows], cfg.fisher, stats_generator)

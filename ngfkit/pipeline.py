@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
 from .attacks import ATTACKS, Attack, create_attack
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .data import DatasetInfo, dataset_info, defender_split, load_dataset

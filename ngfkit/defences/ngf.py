@@ -3,7 +3,7 @@ strength chosen from clean data alone."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ class NGFConfig:
     steps: int = 500
     batch_size: int = 128
     lr: float | None = None
-    lr_grid: tuple[float, ...] = (3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 3e-3)
+    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
     final_lr_ratio: float = 0.1
     damping: float = 1e-4
     kl_clip: float = 1e-2
@@ -44,7 +44,7 @@ class NGFConfig:
     eigen_every: int = 100
     decay: float = 0.95
     regulariser: str = "diag"  # "diag" or "kfac" Fisher penalty; strength 0 switches it off
-    reg_strength: float = 0.0
+    reg_strength: float = 10.0  # η; 0 switches the regulariser off
     acc_budget: float = 3.0  # most clean-accuracy points the chosen setting may cost (held out)
     folds: int = 5  # cross-fitting folds of the clean set for choosing lr
     eval_every: int = 25
@@ -179,7 +179,9 @@ class NGF(Defence):
                                   fisher=cfg.fisher, ekfac=cfg.ekfac, seed=cfg.seed)
         regulariser = None
         if cfg.reg_strength > 0:
-            stats = layer_statistics(net, layers, data, fisher=cfg.fisher, seed=cfg.seed, device=device)
+            # the backdoored model's Fisher on the clean images themselves, not their augmented views
+            clean_images = data.original() if isinstance(data, FeatureDataset) else data
+            stats = layer_statistics(net, layers, clean_images, fisher=cfg.fisher, seed=cfg.seed, device=device)
             regulariser = FisherRegulariser(layers, stats, cfg.reg_strength, cfg.regulariser).use_metric(natural)
         train_cfg = TrainConfig(steps=cfg.steps, lr=lr, final_lr_ratio=cfg.final_lr_ratio, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, batch_size=min(cfg.batch_size, len(data)),
