@@ -32,7 +32,7 @@ class NGFConfig:
     steps: int = 500
     batch_size: int = 128
     lr: float | None = None
-    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     final_lr_ratio: float = 0.1
     damping: float = 1e-4
     kl_clip: float = 1e-2
