@@ -86,7 +86,9 @@ class NGF(Defence):
         names = cfg.layers or (getattr(model, "classifier_name", None),)
         for name in names:
             classifier_layer(model, name)  # clear error for a wrong name
-        fast = cfg.body == "frozen" and names == (getattr(model, "classifier_name", None),)
+        # the batched fast path models the classifier as [W, b]; a bias-free head takes the generic path
+        fast = (cfg.body == "frozen" and names == (getattr(model, "classifier_name", None),)
+                and classifier_layer(model).bias is not None)
         history: dict = {"fast_path": fast, "layers": list(names), "num_clean": len(clean_data)}
         if fast:
             head = classifier_layer(model)
