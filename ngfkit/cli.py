@@ -166,6 +166,9 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     print(_table([("before", result["before"]), (f"after {args.defense}", result["after"])]))
     if "chosen" in history:
         print(f"  chosen from clean data: {history['chosen']}; purify took {history['seconds']:.1f} s")
+    if history.get("selection", {}).get("budget_met") is False:
+        print("  note: no learning rate kept the cross-fitted clean accuracy within --acc-budget; "
+              "the weakest was used (raise --acc-budget or give more clean data)")
     total = time.perf_counter() - start
     return {"dataset": exp.dataset, "arch": exp.arch, "attack": exp.attack, "defense": args.defense,
             "before": result["before"], "after": result["after"], "der": result.get("der"),
