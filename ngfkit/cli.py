@@ -137,6 +137,17 @@ def _table(rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _print_choice(history: dict) -> None:
+    """What the defence chose from clean data, and whether its accuracy budget could be kept."""
+    if "chosen" in history:
+        print(f"  chosen from clean data: {history['chosen']}; purify took {history['seconds']:.1f} s")
+    else:
+        print(f"  purify took {history['seconds']:.1f} s")
+    if history.get("selection", {}).get("budget_met") is False:
+        print("  note: no learning rate kept the cross-fitted clean accuracy within --acc-budget; "
+              "the weakest was used (raise --acc-budget or give more clean data)")
+
+
 def _provenance(args: argparse.Namespace, start: float) -> dict[str, Any]:
     from .utils import versions
 
@@ -164,11 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
                          test_predictions=trained.test_predictions, **_defence_kwargs(args))
     history = result["history"]
     print(_table([("before", result["before"]), (f"after {args.defense}", result["after"])]))
-    if "chosen" in history:
-        print(f"  chosen from clean data: {history['chosen']}; purify took {history['seconds']:.1f} s")
-    if history.get("selection", {}).get("budget_met") is False:
-        print("  note: no learning rate kept the cross-fitted clean accuracy within --acc-budget; "
-              "the weakest was used (raise --acc-budget or give more clean data)")
+    _print_choice(history)
     total = time.perf_counter() - start
     return {"dataset": exp.dataset, "arch": exp.arch, "attack": exp.attack, "defense": args.defense,
             "before": result["before"], "after": result["after"], "der": result.get("der"),
@@ -231,7 +238,8 @@ def cmd_purify(args: argparse.Namespace) -> dict:
                 "clean_fraction": fraction, "seed": args.seed, "versions": versions()}
     save_checkpoint(args.out, purified, out_meta, attack.trigger if attack else None)
     print(_table([("before", before), (f"after {args.defense}", after)]))
-    print(f"  purify took {history['seconds']:.1f} s; wrote {args.out}")
+    _print_choice(history)
+    print(f"  wrote {args.out}")
     result = {"model": args.model, "out": args.out, "dataset": dataset, "arch": out_meta["arch"],
               "attack": attack.name if attack else None, "defense": args.defense, "before": before,
               "after": after, "seconds": {"purify": history["seconds"]}, "seed": args.seed,
