@@ -195,7 +195,6 @@ class NGF(Defence):
                                   hooks=CombinedHooks(natural, regulariser), on_step=on_step)
         finally:
             natural.close()
-        fit["kl_scale_last"] = natural.last_scale
         fit["val_curve"] = curve
         return net.eval(), fit
 
