@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from .batches import iterate_batches, random_crop_flip
 from .fisher import (KFACState, diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors,
-                     with_bias_column)
+                     symmetric_eigh, with_bias_column)
 from .train import StepHooks, to_channels_last, use_channels_last
 
 
@@ -212,8 +212,8 @@ class FisherRegulariser(StepHooks):
                 self.curvature[name] = diag / diag.mean().clamp_min(1e-12)
             else:
                 a_factor, g_factor = kfac_factors(a, g)
-                eig_a, q_a = torch.linalg.eigh(a_factor)
-                eig_g, q_g = torch.linalg.eigh(g_factor)
+                eig_a, q_a = symmetric_eigh(a_factor)
+                eig_g, q_g = symmetric_eigh(g_factor)
                 scales = eig_g.clamp_min(0).view(-1, 1) * eig_a.clamp_min(0).view(1, -1)
                 self.curvature[name] = (q_a, q_g, scales / scales.mean().clamp_min(1e-12))
 

@@ -28,6 +28,12 @@ def _unrotate(q_g: Tensor, m: Tensor, q_a: Tensor) -> Tensor:
     return q_g @ m @ q_a.transpose(1, 2)
 
 
+def head_predictions(weight: Tensor, features: Tensor) -> Tensor:
+    """Classes predicted by heads ``weight`` ``(..., C, D+1)`` (``[W, b]``) for ``features`` ``(N, D)``,
+    shape ``(..., N)``."""
+    return (features @ weight[..., :-1].transpose(-1, -2) + weight[..., None, :, -1]).argmax(-1)
+
+
 def _batch_indices(train_sets: Sequence[Tensor], views: int, num_images: int, steps: int, batch: int,
                    generator: torch.Generator) -> Tensor:
     """``(M, steps, B)`` item indices into the flattened ``(V * N)`` features: for each head, epochs
@@ -83,7 +89,6 @@ def fit_heads(features: Tensor, labels: Tensor, weight: Tensor, train_sets: Sequ
             anchor_stats.append((a, softmax_output_gradients(logits, chosen)))
 
     losses, curve = [], []
-    eval_inputs = with_bias_column(features[0])
     total = max(1, cfg.steps)
     for step in range(cfg.steps):
         factor = cfg.final_lr_ratio + (1 - cfg.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -134,7 +139,7 @@ def fit_heads(features: Tensor, labels: Tensor, weight: Tensor, train_sets: Sequ
 
         done = step + 1
         if held_out is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            predictions = (eval_inputs @ w.transpose(1, 2)).argmax(-1)  # (M, N)
+            predictions = head_predictions(w, features[0])  # (M, N)
             curve.append((done, torch.stack([
                 100.0 * (predictions[i, idx] == labels[idx]).float().mean() for i, idx in enumerate(held_out)])))
     return {"weight": w, "loss": torch.stack(losses), "curve": curve}

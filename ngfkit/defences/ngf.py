@@ -16,7 +16,7 @@ from ..metrics import evaluate, predict
 from ..models import classifier_layer
 from ..ngf import (CombinedHooks, FeatureDataset, FisherRegulariser, NaturalGradient, cache_features, frozen_except,
                    layer_matrix, layer_statistics, set_layer_matrix)
-from ..ngf_heads import fit_heads
+from ..ngf_heads import fit_heads, head_predictions
 from ..train import TrainConfig, train_model
 from .base import DEFENCES, Defence
 
@@ -98,7 +98,7 @@ class NGF(Defence):
             if lr is None:
                 lr, history["selection"] = self._choose_lr(
                     len(data.labels), data.labels, self._head_grid(data, weight), progress,
-                    before=(data.original().features[0] @ weight[:, :-1].T + weight[:, -1]).argmax(1))
+                    before=head_predictions(weight, data.features[0]))
             fit = fit_heads(data.features, data.labels, weight, [torch.arange(len(data.labels))], [lr], cfg)
             set_layer_matrix(head, fit["weight"][0])
             history["loss"] = fit["loss"][:, 0].tolist()
@@ -126,8 +126,7 @@ class NGF(Defence):
                     held_out.append(fold)
                     lrs.append(lr)
             fit = fit_heads(data.features, data.labels, weight, train_sets, lrs, cfg, held_out=held_out)
-            inputs = data.original().features[0]
-            predictions = (inputs @ fit["weight"][:, :, :-1].transpose(1, 2) + fit["weight"][:, None, :, -1]).argmax(-1)
+            predictions = head_predictions(fit["weight"], data.features[0])
             results = []
             for g, lr in enumerate(cfg.lr_grid):
                 rows = range(g * len(folds), (g + 1) * len(folds))
