@@ -235,19 +235,14 @@ def test_corrupt_safetensors(tmp_path: Path, damage: str) -> None:
         assert str(bad) in msg and "safetensors" in msg and "corrupt" in msg
 
 
-def test_invalid_sidecar(tmp_path: Path) -> None:
-    path = save_checkpoint(tmp_path / "m.safetensors", smallcnn(), {"arch": "smallcnn"})
-    (tmp_path / "m.json").write_text("{not json")
-    with pytest.raises(NgfkitError) as err:
-        load_checkpoint(path)
-    assert "m.json" in one_line(err)
-
-
-def test_sidecar_that_is_not_an_object(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sidecar, loader", [("{not json", load_checkpoint),
+                                             ("[1, 2, 3]\n", model_from_checkpoint)],
+                         ids=["invalid-json", "not-an-object"])
+def test_bad_sidecar(tmp_path: Path, sidecar: str, loader) -> None:
     path = save_checkpoint(tmp_path / "m.safetensors", fashion_model(), {"arch": "smallcnn"})
-    (tmp_path / "m.json").write_text("[1, 2, 3]\n")
+    (tmp_path / "m.json").write_text(sidecar)
     with pytest.raises(NgfkitError) as err:
-        model_from_checkpoint(path)
+        loader(path)
     assert "m.json" in one_line(err)
 
 
