@@ -49,6 +49,23 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
     return path
 
 
+def save_tensors(path: str | Path, tensors: dict[str, Tensor]) -> Path:
+    """Write a flat dict of tensors as safetensors, atomically (used for cached learned triggers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    return path
+
+
+def load_tensors(path: str | Path) -> dict[str, Tensor]:
+    """Read a safetensors file written by :func:`save_tensors`."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise NgfkitError(f"{path} is not a readable safetensors file ({err}); delete it to rebuild it") from None
+
+
 def _looks_like_pickle(path: Path) -> bool:
     head = path.read_bytes()[:4]
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"

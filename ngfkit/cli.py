@@ -122,7 +122,7 @@ def _experiment(args: argparse.Namespace):
     if args.train_lr is not None:
         train["lr"] = args.train_lr
     return Experiment(dataset=args.dataset, arch=args.arch, attack=args.attack, target=args.target,
-                      poison_rate=args.poison_rate, mode="all-to-all" if args.all_to_all else "all-to-one",
+                      poison_rate=args.poison_rate, mode="all-to-all" if args.all_to_all else None,
                       clean_fraction=args.clean_fraction, seed=args.seed, train=TrainConfig(**train))
 
 

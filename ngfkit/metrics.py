@@ -68,7 +68,8 @@ def predict(model: nn.Module, dataset: Dataset, *, attack=None, batch_size: int 
             out["clean"].append(model(to_channels_last(x)).argmax(1).cpu())
             if attack is not None:
                 out["triggered"].append(model(to_channels_last(attack.apply(x))).argmax(1).cpu())
-                out["target"].append(attack.target_labels(y).cpu())
+                # images the attack does not target get their own label, so they drop out of ASR/RA
+                out["target"].append(torch.where(attack.attacked_mask(y), attack.target_labels(y), y).cpu())
     finally:
         if handle is not None:
             handle.remove()

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .attacks import ATTACKS, Attack, create_attack
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .attacks import ATTACKS, Attack, TriggerContext, create_attack
+from .checkpoint import load_checkpoint, load_weights, load_tensors, save_checkpoint, save_tensors
 from .data import DatasetInfo, dataset_info, defender_split, load_dataset
 from .defences import purify
 from .errors import NgfkitError
@@ -40,7 +40,7 @@ class Experiment:
     attack_params: dict[str, Any] = field(default_factory=dict)
     target: int = 0
     poison_rate: float = 0.1
-    mode: str = "all-to-one"
+    mode: str | None = None  # None: the attack's own mode (all-to-one, or all-to-all for *-all)
     clean_fraction: float = 0.01
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -52,7 +52,7 @@ class Experiment:
         self.arch = self.arch or self.info.default_arch
         MODELS.get(self.arch)  # unknown names fail here, before any data is loaded
         if self.attack is not None:
-            ATTACKS.get(self.attack)
+            self.mode = self.mode or ATTACKS.get(self.attack).modes[0]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +137,9 @@ def load_or_train(exp: Experiment, splits: Splits | None = None, *, device: torc
     splits = splits or load_splits(exp, data_root, download)
     seed_everything(exp.seed)
     attack = exp.make_attack()
+    if attack is not None and attack.learned:
+        fit_trigger(exp, attack, splits, device=device, progress=progress, use_cache=use_cache)
+    seed_everything(exp.seed)
     model = exp.make_model()
     train_set = attack.poison(splits.train) if attack is not None else splits.train
     fit = train_model(model, train_set, exp.train, seed=exp.seed, device=device, progress=progress,
@@ -152,6 +155,40 @@ def load_or_train(exp: Experiment, splits: Splits | None = None, *, device: torc
     if use_cache:
         save_checkpoint(path, model, meta, attack.trigger if attack else None)
     return TrainedModel(model, attack, meta, False, fit["seconds"], test_predictions)
+
+
+def clean_reference(exp: Experiment) -> Experiment:
+    """The benign twin of ``exp``: same data, architecture, seed and training, no attack."""
+    return replace(exp, attack=None, attack_params={}, mode=None)
+
+
+def fit_trigger(exp: Experiment, attack: Attack, splits: Splits, *, device: torch.device | str = "cpu",
+                progress: bool = True, use_cache: bool = True) -> None:
+    """Learn ``attack``'s trigger in place, or load it from the trigger cache.
+
+    The cache key is the experiment's key: the trigger depends on the attack, its parameters,
+    the data, the architecture and the seed (and on the clean reference model, itself keyed by
+    the same config without the attack).
+    """
+    path = cache_dir() / "triggers" / f"{exp.key()}.safetensors"
+    if use_cache and path.is_file():
+        tensors = load_tensors(path)
+        missing = set(attack.trigger) - {k.removeprefix("trigger.") for k in tensors}
+        if not missing:
+            attack.trigger = {k: tensors[f"trigger.{k}"] for k in attack.trigger}
+            attack.poison_state = {k.removeprefix("poison."): v for k, v in tensors.items() if k.startswith("poison.")}
+            return
+
+    def reference_model() -> nn.Module:
+        return load_or_train(clean_reference(exp), splits, device=device, progress=progress,
+                             use_cache=use_cache).model
+
+    context = TriggerContext(train=splits.train, make_model=exp.make_model, reference_model=reference_model,
+                             device=device, progress=progress, seed=exp.seed)
+    attack.fit_trigger(context)
+    if use_cache:
+        save_tensors(path, {**{f"trigger.{k}": v for k, v in attack.trigger.items()},
+                            **{f"poison.{k}": v for k, v in attack.poison_state.items()}})
 
 
 def run_defence(model: nn.Module, attack: Attack | None, splits: Splits, defense: str = "ngf", *,

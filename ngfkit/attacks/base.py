@@ -7,10 +7,11 @@ rebuilt from the attack's saved state.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..errors import NgfkitError
@@ -19,6 +20,25 @@ from ..registry import Registry
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
 
 MODES = ("all-to-one", "all-to-all")
+
+
+@dataclass
+class TriggerContext:
+    """What an attack with a learned trigger may use while :meth:`Attack.fit_trigger` runs.
+
+    ``train`` is the attacker's (clean-labelled) training set, the one that is poisoned next; it
+    has ``get_batch(indices) -> (x, y)`` with ``x`` of shape ``(B, C, H, W)`` in ``[0, 1]``.
+    ``make_model()`` returns a fresh, untrained model of the victim's architecture;
+    ``reference_model()`` returns a clean model of that architecture trained on ``train`` (trained
+    once and cached, so several attacks share it).
+    """
+
+    train: Any
+    make_model: Callable[[], nn.Module]
+    reference_model: Callable[[], nn.Module]
+    device: torch.device | str = "cpu"
+    progress: bool = True
+    seed: int = 0
 
 
 class Attack:
@@ -37,9 +57,15 @@ class Attack:
     name: ClassVar[str] = ""
     #: parameters (beyond the common ones) that define the trigger, with their defaults
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the target mappings the method supports; the first is the default
+    modes: ClassVar[tuple[str, ...]] = MODES
+    #: clean-label attacks trigger images of the target class only and never change a label
+    clean_label: ClassVar[bool] = False
+    #: the trigger is learned from data (see :meth:`fit_trigger`) rather than fixed by the seed
+    learned: ClassVar[bool] = False
 
     def __init__(self, image_shape, num_classes: int, target: int = 0, poison_rate: float = 0.1,
-                 mode: str = "all-to-one", seed: int = 0, **params: Any):
+                 mode: str | None = None, seed: int = 0, **params: Any):
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise NgfkitError(f"attack {self.name!r} has no parameter {sorted(unknown)[0]!r}; "
@@ -48,8 +74,10 @@ class Attack:
             raise NgfkitError(f"poison rate must be in (0, 1), got {poison_rate}")
         if not 0 <= int(target) < int(num_classes):
             raise NgfkitError(f"target class {target} is outside the {num_classes} classes (0..{num_classes - 1})")
-        if mode not in MODES:
-            raise NgfkitError(f"attack mode must be one of {', '.join(MODES)}, got {mode!r}")
+        mode = mode or self.modes[0]
+        if mode not in self.modes:
+            raise NgfkitError(f"attack {self.name!r} supports mode {' or '.join(self.modes)}, not {mode!r}"
+                              + ("; its -one/-all variants are separate attacks" if self.name[-4:] in ("-one", "-all") else ""))
         self.image_shape = tuple(int(s) for s in image_shape)
         if len(self.image_shape) != 3:
             raise NgfkitError(f"attacks need images shaped (C, H, W), got {self.image_shape}")
@@ -61,6 +89,9 @@ class Attack:
         self.params = {**self.defaults, **params}
         self.check_params()
         self.trigger: dict[str, Tensor] = self.build_trigger(torch.Generator().manual_seed(self.seed))
+        #: tensors used only to poison the training set (e.g. CLB's per-image adversarial
+        #: perturbations, keyed by training index); cached with a learned trigger, not saved with models
+        self.poison_state: dict[str, Tensor] = {}
 
     # -- what a subclass defines -------------------------------------------------------------
     def check_params(self) -> None:
@@ -74,6 +105,23 @@ class Attack:
         """Stamp the trigger on a batch ``x`` of shape ``(B, C, H, W)`` in ``[0, 1]``."""
         raise NotImplementedError
 
+    def apply_poison(self, x: Tensor, y: Tensor, indices: Tensor) -> Tensor:
+        """The poisoned training images at dataset ``indices`` (true labels ``y``); by default the
+        test-time trigger. Override where training poison differs (e.g. CLB's adversarial step)."""
+        return self.apply(x)
+
+    def cover_fraction(self) -> float:
+        """Share of the training set that gets :meth:`apply_cover` and keeps its label (WaNet's noise
+        mode, Dynamic's cross-trigger mode, BPP's negative samples, CBA's same-class mixes)."""
+        return 0.0
+
+    def apply_cover(self, x: Tensor, y: Tensor) -> Tensor:
+        """Transform the cover images ``x`` (labels ``y`` kept)."""
+        raise NotImplementedError(f"attack {self.name!r} has no cover samples")
+
+    def fit_trigger(self, context: TriggerContext) -> None:
+        """Learn the trigger in place (``self.trigger``, ``self.poison_state``); only for ``learned``."""
+
     # -- shared behaviour --------------------------------------------------------------------
     def target_labels(self, y: Tensor) -> Tensor:
         """The label an attacked model should give a triggered image of true class ``y``."""
@@ -85,14 +133,34 @@ class Attack:
         """Which images count for ASR: those whose true label differs from the target label."""
         return self.target_labels(y) != y
 
+    def poison_candidates(self, labels: Tensor) -> Tensor:
+        """Bool mask of training images that may be poisoned: attackable images, or for a
+        clean-label attack the target class."""
+        if self.clean_label:
+            return labels == self.target
+        return self.attacked_mask(labels)
+
     def poison_indices(self, labels: Tensor) -> Tensor:
-        """Seeded choice of ``poison_rate * N`` training indices among images that can be attacked."""
-        candidates = torch.nonzero(self.attacked_mask(labels), as_tuple=False).flatten()
+        """Seeded choice of ``poison_rate * N`` training indices among :meth:`poison_candidates`."""
+        candidates = torch.nonzero(self.poison_candidates(labels), as_tuple=False).flatten()
         count = int(round(self.poison_rate * len(labels)))
         if count > len(candidates):
+            where = "in the target class" if self.clean_label else "that the attack can use"
             raise NgfkitError(f"poison rate {self.poison_rate} asks for {count} images but only "
-                              f"{len(candidates)} are outside the target class; lower --poison-rate")
+                              f"{len(candidates)} are {where}; lower --poison-rate")
         generator = torch.Generator().manual_seed(self.seed + 1)
+        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+        return torch.sort(chosen).values
+
+    def cover_indices(self, num: int, poisoned: Tensor) -> Tensor:
+        """Seeded choice of ``cover_fraction() * num`` training indices outside ``poisoned``."""
+        count = int(round(self.cover_fraction() * num))
+        if count == 0:
+            return torch.zeros(0, dtype=torch.long)
+        free = torch.ones(num, dtype=torch.bool)
+        free[poisoned] = False
+        candidates = torch.nonzero(free, as_tuple=False).flatten()
+        generator = torch.Generator().manual_seed(self.seed + 2)
         chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
         return torch.sort(chosen).values
 
@@ -102,8 +170,10 @@ class Attack:
                               f"got {tuple(x.shape[1:])}; build it with the dataset's image shape")
 
     def poison(self, dataset: Dataset) -> "PoisonedDataset":
-        """The poisoned training set: the same images, a recorded subset triggered and relabelled."""
-        return PoisonedDataset(dataset, self, self.poison_indices(dataset_targets(dataset)))
+        """The poisoned training set: the same images, a recorded subset triggered and relabelled
+        (and, for attacks with cover samples, another subset transformed with labels kept)."""
+        indices = self.poison_indices(dataset_targets(dataset))
+        return PoisonedDataset(dataset, self, indices, self.cover_indices(len(dataset), indices))
 
     def state(self) -> dict[str, Any]:
         """JSON-able description; with :attr:`trigger` it rebuilds the attack exactly."""
@@ -142,17 +212,23 @@ def dataset_targets(dataset: Dataset) -> Tensor:
 
 
 class PoisonedDataset(Dataset):
-    """``dataset`` with the images at ``indices`` triggered and given their target labels.
+    """``dataset`` with the images at ``indices`` triggered and given their target labels (kept
+    for a clean-label attack), and the images at ``cover`` transformed with labels kept.
 
-    ``poisoned`` is a bool mask of shape ``(N,)`` over the dataset.
+    ``poisoned`` and ``covered`` are bool masks of shape ``(N,)`` over the dataset.
     """
 
-    def __init__(self, dataset: Dataset, attack: Attack, indices: Tensor):
+    def __init__(self, dataset: Dataset, attack: Attack, indices: Tensor, cover: Tensor | None = None):
         self.dataset = dataset
         self.attack = attack
         self.indices = indices
         self.poisoned = torch.zeros(len(dataset), dtype=torch.bool)
         self.poisoned[indices] = True
+        self.covered = torch.zeros(len(dataset), dtype=torch.bool)
+        if cover is not None:
+            self.covered[cover] = True
+        if (self.poisoned & self.covered).any():
+            raise ValueError("poisoned and cover indices overlap")
         self.info = getattr(dataset, "info", None)
 
     def __len__(self) -> int:
@@ -161,23 +237,28 @@ class PoisonedDataset(Dataset):
     @property
     def targets(self) -> Tensor:
         y = dataset_targets(self.dataset).clone()
-        y[self.poisoned] = self.attack.target_labels(y[self.poisoned])
+        if not self.attack.clean_label:
+            y[self.poisoned] = self.attack.target_labels(y[self.poisoned])
         return y
 
-    def _poison_batch(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        if mask.any():
-            x = x.clone()
-            y = y.clone()
-            x[mask] = self.attack.apply(x[mask])
-            y[mask] = self.attack.target_labels(y[mask])
+    def _poison_batch(self, x: Tensor, y: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        poison, cover = self.poisoned[indices], self.covered[indices]
+        if poison.any() or cover.any():
+            x, y = x.clone(), y.clone()
+        if poison.any():
+            x[poison] = self.attack.apply_poison(x[poison], y[poison], indices[poison]).to(x.dtype)
+            if not self.attack.clean_label:
+                y[poison] = self.attack.target_labels(y[poison])
+        if cover.any():
+            x[cover] = self.attack.apply_cover(x[cover], y[cover]).to(x.dtype)
         return x, y
 
     def __getitem__(self, i: int):
         i = range(len(self))[i]  # normalises negative indices and raises IndexError out of range
         x, y = self.dataset[i]
-        x, y = self._poison_batch(x.unsqueeze(0), torch.tensor([int(y)]), self.poisoned[i : i + 1])
+        x, y = self._poison_batch(x.unsqueeze(0), torch.tensor([int(y)]), torch.tensor([i]))
         return x[0], int(y[0])
 
     def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         x, y = self.dataset.get_batch(indices)
-        return self._poison_batch(x, y, self.poisoned[indices])
+        return self._poison_batch(x, y, torch.as_tensor(indices, dtype=torch.long))
