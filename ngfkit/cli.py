@@ -30,6 +30,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _attack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attack", default="badnets", help="attack name (see `ngfkit list`)")
+    parser.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a trigger parameter of the attack, e.g. alpha=0.3 (repeatable; see the attack's docs)")
     parser.add_argument("--poison-rate", type=float, default=0.1)
     parser.add_argument("--target", type=int, default=0)
     parser.add_argument("--all-to-all", action="store_true", help="label y -> y+1 instead of all -> target")
@@ -89,7 +91,44 @@ def build_parser() -> argparse.ArgumentParser:
     _common(evaluate)
 
     sub.add_parser("list", help="registered datasets, architectures, attacks and defences")
+
+    bench = sub.add_parser("bench", help="benchmarks (cached and resumable; JSON out)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    attacks = bench_sub.add_parser("attacks", help="one backdoored model per attack vs a clean model: ACC, ASR, RA, time")
+    attacks.add_argument("--dataset", default="fashion-mnist")
+    attacks.add_argument("--arch", default=None)
+    attacks.add_argument("--attacks", default="all", help="'all' (the paper's 15) or comma-separated attack names")
+    attacks.add_argument("--epochs", type=int, default=None, help="training epochs of every model (default: 1)")
+    attacks.add_argument("--train-lr", type=float, default=None, help="training learning rate (default 0.05)")
+    attacks.add_argument("--clean-fraction", type=float, default=0.01,
+                         help="share of the training set held out as the defender's clean data (default 0.01)")
+    _common(attacks)
     return parser
+
+
+def _attack_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["alpha=0.3", "bits=4"]`` -> ``{"alpha": 0.3, "bits": 4}`` (values read as JSON, else text)."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise NgfkitError(f"--attack-param takes KEY=VALUE, got {pair!r}")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    train = dict(DEFAULT_TRAIN)
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if args.train_lr is not None:
+        train["lr"] = args.train_lr
+    return TrainConfig(**train)
 
 
 def _defence_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,16 +153,11 @@ def _check_output(path: str | None, suffix: str) -> None:
 
 def _experiment(args: argparse.Namespace):
     from .pipeline import Experiment
-    from .train import TrainConfig
 
-    train = dict(DEFAULT_TRAIN)
-    if args.epochs is not None:
-        train["epochs"] = args.epochs
-    if args.train_lr is not None:
-        train["lr"] = args.train_lr
-    return Experiment(dataset=args.dataset, arch=args.arch, attack=args.attack, target=args.target,
+    return Experiment(dataset=args.dataset, arch=args.arch, attack=args.attack,
+                      attack_params=_attack_params(args.attack_param), target=args.target,
                       poison_rate=args.poison_rate, mode="all-to-all" if args.all_to_all else None,
-                      clean_fraction=args.clean_fraction, seed=args.seed, train=TrainConfig(**train))
+                      clean_fraction=args.clean_fraction, seed=args.seed, train=_train_config(args))
 
 
 def _pct(value: float | None) -> str:
@@ -284,8 +318,18 @@ def cmd_list(args: argparse.Namespace) -> dict:
     return listing
 
 
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from .bench import bench_attacks
+    from .utils import resolve_device
+
+    device = resolve_device(args.device)
+    return bench_attacks(args.dataset, args.arch, args.attacks, seed=args.seed, train=_train_config(args),
+                         clean_fraction=args.clean_fraction, device=device, progress=not args.quiet,
+                         json_path=args.json, data_root=args.data_root, download=args.download)
+
+
 COMMANDS = {"demo": cmd_demo, "attack": cmd_attack, "purify": cmd_purify, "evaluate": cmd_evaluate,
-            "list": cmd_list}
+            "list": cmd_list, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,20 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, Attack, TriggerContext, create_attack
-from .checkpoint import load_checkpoint, load_weights, load_tensors, save_checkpoint, save_tensors
+from .checkpoint import (
+    load_checkpoint,
+    load_tensors,
+    load_weights,
+    save_checkpoint,
+    save_tensors,
+)
 from .data import DatasetInfo, dataset_info, defender_split, load_dataset
 from .defences import purify
 from .errors import NgfkitError
 from .metrics import defence_effectiveness_rating, evaluate, evaluate_layer, predict
 from .models import MODELS, Classifier, build_model, classifier_layer
 from .train import TrainConfig, train_model
-from .utils import cache_dir, seed_everything, versions
-
+from .utils import cache_dir, seed_everything, versions, write_json
 
 #: part of every cache key: bump it when a registered model or attack changes shape or meaning
 CACHE_VERSION = 1
@@ -137,8 +143,9 @@ def load_or_train(exp: Experiment, splits: Splits | None = None, *, device: torc
     splits = splits or load_splits(exp, data_root, download)
     seed_everything(exp.seed)
     attack = exp.make_attack()
+    trigger_seconds = 0.0
     if attack is not None and attack.learned:
-        fit_trigger(exp, attack, splits, device=device, progress=progress, use_cache=use_cache)
+        trigger_seconds = fit_trigger(exp, attack, splits, device=device, progress=progress, use_cache=use_cache)
     seed_everything(exp.seed)
     model = exp.make_model()
     train_set = attack.poison(splits.train) if attack is not None else splits.train
@@ -150,7 +157,8 @@ def load_or_train(exp: Experiment, splits: Splits | None = None, *, device: torc
     meta = {"format": "ngfkit-model", "arch": exp.arch, "dataset": exp.dataset, "experiment": exp.to_dict(),
             "attack": attack.state() if attack else None,
             "poisoned_indices": int(train_set.poisoned.sum()) if attack else 0,
-            "metrics": metrics, "train_seconds": fit["seconds"], "final_loss": fit["loss"][-1],
+            "metrics": metrics, "train_seconds": fit["seconds"], "trigger_seconds": trigger_seconds,
+            "final_loss": fit["loss"][-1],
             "seed": exp.seed, "versions": versions()}
     if use_cache:
         save_checkpoint(path, model, meta, attack.trigger if attack else None)
@@ -163,8 +171,9 @@ def clean_reference(exp: Experiment) -> Experiment:
 
 
 def fit_trigger(exp: Experiment, attack: Attack, splits: Splits, *, device: torch.device | str = "cpu",
-                progress: bool = True, use_cache: bool = True) -> None:
-    """Learn ``attack``'s trigger in place, or load it from the trigger cache.
+                progress: bool = True, use_cache: bool = True) -> float:
+    """Learn ``attack``'s trigger in place, or load it from the trigger cache; returns the seconds
+    it took to learn (including the clean reference model, if that was trained now).
 
     The cache key is the experiment's key: the trigger depends on the attack, its parameters,
     the data, the architecture and the seed (and on the clean reference model, itself keyed by
@@ -177,7 +186,9 @@ def fit_trigger(exp: Experiment, attack: Attack, splits: Splits, *, device: torc
         if not missing:
             attack.trigger = {k: tensors[f"trigger.{k}"] for k in attack.trigger}
             attack.poison_state = {k.removeprefix("poison."): v for k, v in tensors.items() if k.startswith("poison.")}
-            return
+            return float(json.loads(path.with_suffix(".json").read_text()).get("seconds", 0.0)) \
+                if path.with_suffix(".json").is_file() else 0.0
+    start = time.perf_counter()
 
     def reference_model() -> nn.Module:
         return load_or_train(clean_reference(exp), splits, device=device, progress=progress,
@@ -186,9 +197,13 @@ def fit_trigger(exp: Experiment, attack: Attack, splits: Splits, *, device: torc
     context = TriggerContext(train=splits.train, make_model=exp.make_model, reference_model=reference_model,
                              device=device, progress=progress, seed=exp.seed)
     attack.fit_trigger(context)
+    seconds = time.perf_counter() - start
     if use_cache:
         save_tensors(path, {**{f"trigger.{k}": v for k, v in attack.trigger.items()},
                             **{f"poison.{k}": v for k, v in attack.poison_state.items()}})
+        write_json(path.with_suffix(".json"), {"experiment": exp.to_dict(), "attack": attack.state(),
+                                               "seconds": seconds, "versions": versions()})
+    return seconds
 
 
 def run_defence(model: nn.Module, attack: Attack | None, splits: Splits, defense: str = "ngf", *,

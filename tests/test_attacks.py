@@ -321,3 +321,87 @@ def test_bad_blend_alpha(alpha: float) -> None:
 
 def test_image_shape_must_be_chw() -> None:
     one_line_error(create_attack, "blend", (28, 28), 10)
+
+
+# --- base behaviour the attack zoo relies on ---------------------------------------------------
+
+
+class _Inverting(Attack):
+    """A throwaway attack for testing the base class: the trigger inverts the image; cover
+    samples are darkened; optionally clean-label."""
+
+    name = "inverting-test"
+    defaults = {"cover": 0.0}
+
+    def apply(self, x):
+        return 1 - x
+
+    def cover_fraction(self):
+        return float(self.params["cover"])
+
+    def apply_cover(self, x, y):
+        return x * 0.5
+
+
+class _CleanLabelInverting(_Inverting):
+    clean_label = True
+    modes = ("all-to-one",)
+
+
+def test_cover_samples_keep_labels_and_are_disjoint_and_seeded() -> None:
+    data = uint8_dataset(torch.arange(1000) % 10)
+    attack = _Inverting((1, 28, 28), 10, poison_rate=0.1, seed=3, cover=0.2)
+    poisoned = attack.poison(data)
+    assert poisoned.poisoned.sum() == 100 and poisoned.covered.sum() == 200
+    assert not (poisoned.poisoned & poisoned.covered).any()
+    cover = torch.nonzero(poisoned.covered).flatten()
+    x, y = poisoned.get_batch(cover)
+    clean_x, clean_y = data.get_batch(cover)
+    assert torch.equal(y, clean_y) and torch.allclose(x, clean_x * 0.5)
+    assert torch.equal(poisoned.targets[cover], clean_y)
+    again = _Inverting((1, 28, 28), 10, poison_rate=0.1, seed=3, cover=0.2).poison(data)
+    assert torch.equal(again.covered, poisoned.covered) and torch.equal(again.poisoned, poisoned.poisoned)
+    other = _Inverting((1, 28, 28), 10, poison_rate=0.1, seed=4, cover=0.2).poison(data)
+    assert not torch.equal(other.covered, poisoned.covered)
+    # __getitem__ agrees with get_batch
+    i = int(cover[0])
+    assert torch.allclose(poisoned[i][0], x[0]) and poisoned[i][1] == int(y[0])
+
+
+def test_clean_label_poisons_only_the_target_class_and_keeps_every_label() -> None:
+    labels = torch.arange(1000) % 10
+    data = uint8_dataset(labels)
+    attack = _CleanLabelInverting((1, 28, 28), 10, target=4, poison_rate=0.05, seed=0)
+    poisoned = attack.poison(data)
+    idx = torch.nonzero(poisoned.poisoned).flatten()
+    assert len(idx) == 50 and (labels[idx] == 4).all()
+    assert torch.equal(poisoned.targets, labels)
+    x, y = poisoned.get_batch(idx)
+    assert torch.equal(y, labels[idx]) and torch.allclose(x, 1 - data.get_batch(idx)[0])
+    with pytest.raises(NgfkitError, match="only 100 are in the target class"):
+        _CleanLabelInverting((1, 28, 28), 10, target=4, poison_rate=0.2).poison(data)
+    with pytest.raises(NgfkitError, match="supports mode all-to-one"):
+        _CleanLabelInverting((1, 28, 28), 10, mode="all-to-all")
+
+
+def test_mode_defaults_to_the_attacks_first_mode() -> None:
+    assert _CleanLabelInverting((1, 28, 28), 10).mode == "all-to-one"
+    assert create_attack("badnets", (1, 28, 28), 10).mode == "all-to-one"
+    assert create_attack("badnets", (1, 28, 28), 10, mode="all-to-all").mode == "all-to-all"
+
+
+def test_asr_counts_only_the_images_an_attack_targets() -> None:
+    from ngfkit.metrics import attack_success_rate, predict, robust_accuracy
+
+    class OnlyClassOne(_Inverting):
+        def attacked_mask(self, y):
+            return y == 1
+
+    labels = torch.tensor([1, 1, 2, 3, 0])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    p = predict(model, uint8_dataset(labels), attack=OnlyClassOne((1, 28, 28), 10))
+    # images the attack does not target carry their own label as "target", so they drop out
+    assert p["target"].tolist() == [0, 0, 2, 3, 0]
+    triggered = torch.tensor([0, 1, 0, 0, 0])
+    assert attack_success_rate(triggered, labels, p["target"]) == 50.0  # 1 of the 2 class-1 images
+    assert robust_accuracy(triggered, labels, p["target"]) == 50.0

@@ -1,0 +1,95 @@
+"""Benchmark commands: each cell is an independent, cached job, so a killed run resumes.
+
+``bench_attacks`` trains one backdoored model per attack (plus the clean model they are
+compared with) through :func:`ngfkit.pipeline.load_or_train`, whose model cache makes every
+finished cell free on the next run; the JSON report is rewritten atomically after each cell.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .attacks import ATTACKS
+from .errors import NgfkitError
+from .pipeline import Experiment, load_or_train, load_splits
+from .train import TrainConfig
+from .utils import versions, write_json
+
+#: the attack zoo of the NGF paper, in the order of its tables
+PAPER_ATTACKS = ("badnets", "blend", "trojan-one", "trojan-all", "sig", "clb", "dynamic-one", "dynamic-all",
+                 "wanet", "issba", "lira", "bpp", "cba", "fba", "lf")
+
+#: the issue's bar on the embedded data: ASR at least this (percent), clean-ACC drop at most 2 points
+ASR_GOAL = {"cba": 80.0, "fba": 80.0}
+DEFAULT_ASR_GOAL = 90.0
+ACC_DROP_GOAL = 2.0
+
+
+def parse_names(value: str | Sequence[str], registry_names: Sequence[str], what: str,
+                all_names: Sequence[str] | None = None) -> list[str]:
+    """``"all"`` or a comma-separated list of registered names -> a list, with one clear error."""
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return list(all_names or registry_names)
+    unknown = [n for n in names if n not in registry_names]
+    if unknown or not names:
+        raise NgfkitError(f"unknown {what} {unknown[0]!r} in --{what}s; choose 'all' or from: "
+                          f"{', '.join(registry_names)}" if unknown else f"--{what}s is empty; give 'all' or names")
+    return names
+
+
+def _row(exp: Experiment, trained, clean_acc: float) -> dict[str, Any]:
+    meta, metrics = trained.meta, trained.meta["metrics"]
+    goal = ASR_GOAL.get(exp.attack, DEFAULT_ASR_GOAL)
+    drop = clean_acc - metrics["acc"]
+    return {"attack": exp.attack, "acc": metrics["acc"], "asr": metrics["asr"], "ra": metrics["ra"],
+            "poison_rate": exp.poison_rate, "poisoned_images": meta.get("poisoned_indices"),
+            "mode": exp.mode, "seconds": meta["train_seconds"] + meta.get("trigger_seconds", 0.0),
+            "trigger_seconds": meta.get("trigger_seconds", 0.0), "seed": exp.seed,
+            "acc_drop": drop, "goal": {"asr_min": goal, "acc_drop_max": ACC_DROP_GOAL,
+                                       "met": metrics["asr"] >= goal and drop <= ACC_DROP_GOAL},
+            "cached": trained.cached, "experiment": exp.to_dict()}
+
+
+def bench_attacks(dataset: str = "fashion-mnist", arch: str | None = None, attacks: str | Sequence[str] = "all",
+                  *, seed: int = 0, train: TrainConfig | None = None, clean_fraction: float = 0.01,
+                  device: torch.device | str = "cpu", progress: bool = True, json_path: str | Path | None = None,
+                  data_root=None, download: bool = False) -> dict[str, Any]:
+    """Train (or load from the cache) a clean model and one backdoored model per attack.
+
+    Returns ``{"dataset", "arch", "clean_acc", "attacks": [{"attack", "acc", "asr", "ra",
+    "poison_rate", "seconds", "seed", ...}]}`` with percentages; ``seconds`` is the attack's own
+    cost (learning its trigger plus training the victim) as measured when it was first run.
+    """
+    names = parse_names(attacks, ATTACKS.names(), "attack", PAPER_ATTACKS)
+    train = train or TrainConfig()
+    start = time.perf_counter()
+    base = Experiment(dataset=dataset, arch=arch, attack=None, clean_fraction=clean_fraction, seed=seed, train=train)
+    splits = load_splits(base, data_root, download)
+    clean = load_or_train(base, splits, device=device, progress=progress)
+    report: dict[str, Any] = {"dataset": dataset, "arch": base.arch, "clean_acc": clean.meta["metrics"]["acc"],
+                              "clean_seconds": clean.meta["train_seconds"], "attacks": [],
+                              "train": train.to_dict(), "seed": seed, "clean_fraction": clean_fraction,
+                              "device": str(device), "versions": versions()}
+    for name in names:
+        exp = Experiment(dataset=dataset, arch=arch, attack=name, clean_fraction=clean_fraction, seed=seed,
+                         train=train)
+        trained = load_or_train(exp, splits, device=device, progress=progress)
+        row = _row(exp, trained, report["clean_acc"])
+        report["attacks"].append(row)
+        report["wall_seconds"] = time.perf_counter() - start
+        if json_path:
+            write_json(json_path, report)
+        if progress:
+            mark = "ok " if row["goal"]["met"] else "MISS"
+            tqdm.write(f"[{mark}] {name:12s} acc {row['acc']:6.2f} (drop {row['acc_drop']:+.2f})  asr {row['asr']:6.2f}"
+                  f"  ra {row['ra']:6.2f}  {row['seconds']:6.0f} s{'  (cached)' if row['cached'] else ''}")
+    report["wall_seconds"] = time.perf_counter() - start
+    if json_path:
+        write_json(json_path, report)
+    return report
