@@ -95,3 +95,25 @@ def test_demo_chooses_strength_from_clean_data_and_reuses_its_model(small_fashio
     second = json.loads(out.read_text())
     assert second["cached_model"] is True and second["seconds"]["train"] == 0
     assert second["after"] == pytest.approx(first["after"])  # seeded: the same purification again
+
+
+def test_bench_attacks_writes_the_report_and_resumes_from_the_cache(small_fashion, cache):
+    out = cache / "attacks.json"
+    args = ["bench", "attacks", "--attacks", "badnets,blend", "--data-root", str(small_fashion), "--epochs", "2",
+            "--clean-fraction", "0.1", "--json", str(out), "--quiet"]
+    run(*args)
+    report = json.loads(out.read_text())
+    assert report["dataset"] == "fashion-mnist" and report["arch"] == "smallcnn"
+    assert 0 < report["clean_acc"] <= 100
+    rows = {r["attack"]: r for r in report["attacks"]}
+    assert list(rows) == ["badnets", "blend"]
+    for row in rows.values():
+        assert {"attack", "acc", "asr", "ra", "poison_rate", "seconds", "seed"} <= set(row)
+        assert row["seconds"] > 0 and row["seed"] == 0 and row["poison_rate"] == 0.1 and not row["cached"]
+        assert row["acc_drop"] == pytest.approx(report["clean_acc"] - row["acc"])
+        assert row["goal"]["met"] == (row["asr"] >= 90 and row["acc_drop"] <= 2)
+    assert rows["badnets"]["asr"] >= 90  # BadNets is learned even from 3,600 images
+    run(*args)  # a second run is free: every model comes from the cache, numbers unchanged
+    again = json.loads(out.read_text())
+    assert all(r["cached"] for r in again["attacks"])
+    assert [r["asr"] for r in again["attacks"]] == [r["asr"] for r in report["attacks"]]
