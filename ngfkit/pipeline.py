@@ -59,6 +59,7 @@ class Experiment:
         MODELS.get(self.arch)  # unknown names fail here, before any data is loaded
         if self.attack is not None:
             self.mode = self.mode or ATTACKS.get(self.attack).modes[0]
+            self.make_attack()  # bad attack parameters fail here, before any data is loaded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -189,3 +189,26 @@ def test_list(capsys) -> None:
     assert "ngf" in listing["defenses"]
     assert {"smallcnn", "preact-resnet18"} <= listing["architectures"]
     assert {"fashion-mnist", "cifar10", "gtsrb"} <= listing["datasets"]
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--poison-rate", "1.5"], "poison rate must be in (0, 1)"),
+    (["--poison-rate", "0"], "poison rate must be in (0, 1)"),
+    (["--target", "10"], "target class 10 is outside the 10 classes"),
+    (["--attack-param", "bogus=1"], "has no parameter 'bogus'"),
+    (["--attack-param", "alpha"], "--attack-param takes KEY=VALUE"),
+    (["--attack", "blend", "--attack-param", "alpha=2"], "blend alpha must be in (0, 1)"),
+])
+def test_bad_attack_settings(capsys, tmp_path: Path, fashion_root: Path, extra: list[str], expected: str) -> None:
+    before = files_under(tmp_path)
+    line = run_error(capsys, ["attack", "--out", "m.safetensors", "--data-root", str(fashion_root), *extra])
+    assert expected in line
+    assert files_under(tmp_path) == before
+
+
+def test_bench_unknown_attack(capsys, tmp_path: Path, fashion_root: Path) -> None:
+    before = files_under(tmp_path)
+    line = run_error(capsys, ["bench", "attacks", "--attacks", "badnets,nope", "--data-root", str(fashion_root),
+                              "--json", "out.json"])
+    assert "'nope'" in line and "badnets" in line and "all" in line
+    assert files_under(tmp_path) == before
