@@ -68,6 +68,8 @@ class Experiment:
         """A stable name for the cache: readable prefix plus a hash of the whole config (and of
         :data:`CACHE_VERSION`, bumped whenever a model or attack definition changes)."""
         payload = {"cache_version": CACHE_VERSION, **self.to_dict()}
+        if self.attack is not None:  # resolved parameters: changing an attack's default invalidates its models
+            payload["attack_params"] = {**ATTACKS.get(self.attack).defaults, **self.attack_params}
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.dataset}-{self.arch}-{self.attack or 'clean'}-s{self.seed}-{digest}"
 

@@ -58,3 +58,13 @@ def test_learned_trigger_is_fitted_once_then_restored_from_the_cache(registered)
     other_seed = Experiment(attack=MeanImageTrigger.name, seed=1)
     fit_trigger(other_seed, other_seed.make_attack(), splits)
     assert MeanImageTrigger.fits == 2  # a different experiment has its own trigger
+
+
+def test_cache_key_follows_the_attacks_resolved_parameters(monkeypatch):
+    blend = ATTACKS.get("blend")
+    default = Experiment(attack="blend")
+    assert Experiment(attack="blend", attack_params={"alpha": blend.defaults["alpha"]}).key() == default.key()
+    assert Experiment(attack="blend", attack_params={"alpha": 0.3}).key() != default.key()
+    monkeypatch.setattr(blend, "defaults", {"alpha": 0.25})  # a changed default must not reuse old models
+    assert Experiment(attack="blend").key() != default.key()
+    assert Experiment(attack=None).key() == Experiment(attack=None).key()
