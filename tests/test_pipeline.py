@@ -62,9 +62,9 @@ def test_learned_trigger_is_fitted_once_then_restored_from_the_cache(registered)
 
 def test_cache_key_follows_the_attacks_resolved_parameters(monkeypatch):
     blend = ATTACKS.get("blend")
-    default = Experiment(attack="blend")
-    assert Experiment(attack="blend", attack_params={"alpha": blend.defaults["alpha"]}).key() == default.key()
-    assert Experiment(attack="blend", attack_params={"alpha": 0.3}).key() != default.key()
+    default = Experiment(attack="blend").key()
+    assert Experiment(attack="blend", attack_params={"alpha": blend.defaults["alpha"]}).key() == default
+    assert Experiment(attack="blend", attack_params={"alpha": 0.3}).key() != default
     monkeypatch.setattr(blend, "defaults", {"alpha": 0.25})  # a changed default must not reuse old models
-    assert Experiment(attack="blend").key() != default.key()
+    assert Experiment(attack="blend").key() != default
     assert Experiment(attack=None).key() == Experiment(attack=None).key()
