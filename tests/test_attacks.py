@@ -405,3 +405,64 @@ def test_asr_counts_only_the_images_an_attack_targets() -> None:
     triggered = torch.tensor([0, 1, 0, 0, 0])
     assert attack_success_rate(triggered, labels, p["target"]) == 50.0  # 1 of the 2 class-1 images
     assert robust_accuracy(triggered, labels, p["target"]) == 50.0
+
+
+# --- every registered attack -------------------------------------------------------------------
+
+
+def test_the_registry_holds_the_papers_attack_zoo() -> None:
+    from ngfkit.bench import PAPER_ATTACKS
+
+    assert set(PAPER_ATTACKS) <= set(ATTACKS.names())
+    assert len(PAPER_ATTACKS) == 15
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["1x28x28", "3x32x32"])
+@pytest.mark.parametrize("name", sorted(ATTACKS.names()))
+def test_every_attack_applies_in_range_deterministically_and_survives_a_checkpoint(name, shape, tmp_path) -> None:
+    from ngfkit.checkpoint import load_checkpoint, save_checkpoint
+
+    attack = create_attack(name, shape, 10, seed=3)
+    x = rand_images(6, shape, seed=2)
+    before = x.clone()
+    out = attack.apply(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.equal(x, before), "apply must not modify its input"
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert torch.equal(attack.apply(x), out), "the test-time trigger is deterministic"
+    if not attack.learned:  # a learned trigger may be a no-op until fit_trigger has run
+        targeted = attack.attacked_mask(torch.arange(6) % 10)
+        assert not torch.allclose(out[targeted], x[targeted]), "the trigger changes the images it targets"
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, torch.nn.Linear(2, 2), {"attack": attack.state()}, attack.trigger)
+    ckpt = load_checkpoint(path)
+    rebuilt = Attack.from_state(ckpt.meta["attack"], ckpt.trigger)
+    assert rebuilt.state() == attack.state()
+    assert torch.allclose(rebuilt.apply(x), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS.names()))
+def test_every_attack_poisons_a_seeded_subset(name) -> None:
+    labels = torch.arange(400) % 10
+    data = uint8_dataset(labels, seed=1)
+    attack = create_attack(name, (1, 28, 28), 10, poison_rate=0.05, seed=7)
+    try:
+        poisoned = attack.poison(data)
+        poisoned.get_batch(torch.arange(len(data)))
+    except NgfkitError as error:  # some learned attacks make their poison only in fit_trigger
+        assert attack.learned and "fit_trigger" in str(error)
+        return
+    again = create_attack(name, (1, 28, 28), 10, poison_rate=0.05, seed=7).poison(data)
+    assert poisoned.poisoned.sum() == 20
+    assert torch.equal(poisoned.poisoned, again.poisoned) and torch.equal(poisoned.covered, again.covered)
+    assert not (poisoned.poisoned & poisoned.covered).any()
+    idx = torch.nonzero(poisoned.poisoned).flatten()
+    if attack.clean_label:
+        assert torch.equal(poisoned.targets, labels) and (labels[idx] == attack.target).all()
+    else:
+        assert torch.equal(poisoned.targets[idx], attack.target_labels(labels[idx]))
+        untouched = ~(poisoned.poisoned | poisoned.covered)
+        assert torch.equal(poisoned.targets[untouched], labels[untouched])
+    x, y = poisoned.get_batch(torch.arange(40))
+    assert x.shape == (40, 1, 28, 28) and 0.0 <= x.min() and x.max() <= 1.0 and torch.equal(y, poisoned.targets[:40])
