@@ -7,6 +7,7 @@ and measures before and after. The CLI and the book call these and nothing deepe
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -34,6 +35,14 @@ from .utils import cache_dir, seed_everything, versions, write_json
 
 #: part of every cache key: bump it when a registered model or attack changes shape or meaning
 CACHE_VERSION = 1
+
+
+def _source_digest(cls: type) -> str:
+    """Hash of the source file that defines ``cls`` (empty when the source is unavailable)."""
+    try:
+        return hashlib.sha256(Path(inspect.getfile(cls)).read_bytes()).hexdigest()[:12]
+    except (OSError, TypeError):
+        return ""
 
 
 @dataclass
@@ -68,8 +77,12 @@ class Experiment:
         """A stable name for the cache: readable prefix plus a hash of the whole config (and of
         :data:`CACHE_VERSION`, bumped whenever a model or attack definition changes)."""
         payload = {"cache_version": CACHE_VERSION, **self.to_dict()}
-        if self.attack is not None:  # resolved parameters: changing an attack's default invalidates its models
-            payload["attack_params"] = {**ATTACKS.get(self.attack).defaults, **self.attack_params}
+        if self.attack is not None:
+            # resolved parameters and the attack's source: a changed default or trigger code
+            # invalidates the models and learned triggers made with the old one
+            attack_class = ATTACKS.get(self.attack)
+            payload["attack_params"] = {**attack_class.defaults, **self.attack_params}
+            payload["attack_source"] = _source_digest(attack_class)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.dataset}-{self.arch}-{self.attack or 'clean'}-s{self.seed}-{digest}"
 
