@@ -93,3 +93,16 @@ def bench_attacks(dataset: str = "fashion-mnist", arch: str | None = None, attac
     if json_path:
         write_json(json_path, report)
     return report
+
+
+def attack_table(report: dict[str, Any]) -> str:
+    """The ``bench attacks`` report as a markdown table (what the README and the book show)."""
+    lines = [f"clean model: C-ACC {report['clean_acc']:.2f} % ({report['dataset']}, {report['arch']}, "
+             f"seed {report['seed']}, {report['train']['epochs']} epoch(s))", "",
+             "| attack | C-ACC % | ACC drop | ASR % | RA % | goal | seconds |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in report["attacks"]:
+        goal = row["goal"]
+        verdict = "met" if goal["met"] else f"**missed** (ASR ≥ {goal['asr_min']:.0f}, drop ≤ {goal['acc_drop_max']:.0f})"
+        lines.append(f"| {row['attack']} | {row['acc']:.2f} | {row['acc_drop']:+.2f} | {row['asr']:.2f} | "
+                     f"{row['ra']:.2f} | {verdict} | {row['seconds']:.0f} |")
+    return "\n".join(lines)

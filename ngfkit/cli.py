@@ -319,13 +319,15 @@ def cmd_list(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
-    from .bench import bench_attacks
+    from .bench import attack_table, bench_attacks
     from .utils import resolve_device
 
     device = resolve_device(args.device)
-    return bench_attacks(args.dataset, args.arch, args.attacks, seed=args.seed, train=_train_config(args),
-                         clean_fraction=args.clean_fraction, device=device, progress=not args.quiet,
-                         json_path=args.json, data_root=args.data_root, download=args.download)
+    report = bench_attacks(args.dataset, args.arch, args.attacks, seed=args.seed, train=_train_config(args),
+                           clean_fraction=args.clean_fraction, device=device, progress=not args.quiet,
+                           json_path=args.json, data_root=args.data_root, download=args.download)
+    print(attack_table(report))
+    return report
 
 
 COMMANDS = {"demo": cmd_demo, "attack": cmd_attack, "purify": cmd_purify, "evaluate": cmd_evaluate,

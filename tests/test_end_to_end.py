@@ -117,3 +117,15 @@ def test_bench_attacks_writes_the_report_and_resumes_from_the_cache(small_fashio
     again = json.loads(out.read_text())
     assert all(r["cached"] for r in again["attacks"])
     assert [r["asr"] for r in again["attacks"]] == [r["asr"] for r in report["attacks"]]
+
+
+def test_attack_table_marks_missed_goals():
+    from ngfkit.bench import attack_table
+
+    row = {"attack": "x", "acc": 85.0, "acc_drop": 5.0, "asr": 95.0, "ra": 1.0, "seconds": 3.0,
+           "goal": {"met": False, "asr_min": 90.0, "acc_drop_max": 2.0}}
+    report = {"clean_acc": 90.0, "dataset": "d", "arch": "a", "seed": 0, "train": {"epochs": 1},
+              "attacks": [row, {**row, "attack": "y", "acc_drop": 1.0, "goal": {**row["goal"], "met": True}}]}
+    table = attack_table(report).splitlines()
+    assert table[-2].startswith("| x | 85.00 | +5.00 | 95.00") and "**missed**" in table[-2]
+    assert "| met |" in table[-1]
