@@ -32,7 +32,8 @@ def _attack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attack", default="badnets", help="attack name (see `ngfkit list`)")
     parser.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
                         help="a trigger parameter of the attack, e.g. alpha=0.3 (repeatable; see the attack's docs)")
-    parser.add_argument("--poison-rate", type=float, default=0.1)
+    parser.add_argument("--poison-rate", type=float, default=None,
+                        help="share of the training set poisoned (default: the attack's, 0.1; 0.05 for sig and clb)")
     parser.add_argument("--target", type=int, default=0)
     parser.add_argument("--all-to-all", action="store_true", help="label y -> y+1 instead of all -> target")
     parser.add_argument("--epochs", type=int, default=None, help="backdoor training epochs (default: 1)")

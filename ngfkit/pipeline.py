@@ -54,7 +54,7 @@ class Experiment:
     attack: str | None = "badnets"  # None: a clean (benign) model
     attack_params: dict[str, Any] = field(default_factory=dict)
     target: int = 0
-    poison_rate: float = 0.1
+    poison_rate: float | None = None  # None: the attack's default (0.1; 0.05 for clean-label attacks)
     mode: str | None = None  # None: the attack's own mode (all-to-one, or all-to-all for *-all)
     clean_fraction: float = 0.01
     seed: int = 0
@@ -66,8 +66,11 @@ class Experiment:
         self.info: DatasetInfo = dataset_info(self.dataset)
         self.arch = self.arch or self.info.default_arch
         MODELS.get(self.arch)  # unknown names fail here, before any data is loaded
+        attack_class = ATTACKS.get(self.attack) if self.attack is not None else None
+        if self.poison_rate is None:  # a clean model keeps 0.1 in its key, as before this option existed
+            self.poison_rate = attack_class.default_poison_rate if attack_class else 0.1
         if self.attack is not None:
-            self.mode = self.mode or ATTACKS.get(self.attack).modes[0]
+            self.mode = self.mode or attack_class.modes[0]
             self.make_attack()  # bad attack parameters fail here, before any data is loaded
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,7 +186,7 @@ def load_or_train(exp: Experiment, splits: Splits | None = None, *, device: torc
 
 def clean_reference(exp: Experiment) -> Experiment:
     """The benign twin of ``exp``: same data, architecture, seed and training, no attack."""
-    return replace(exp, attack=None, attack_params={}, mode=None)
+    return replace(exp, attack=None, attack_params={}, mode=None, poison_rate=None, target=0)
 
 
 def fit_trigger(exp: Experiment, attack: Attack, splits: Splits, *, device: torch.device | str = "cpu",

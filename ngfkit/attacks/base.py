@@ -48,7 +48,9 @@ class Attack:
         image_shape: ``(C, H, W)`` of the images the trigger is made for.
         num_classes: number of classes of the task.
         target: the target class of an all-to-one attack.
-        poison_rate: fraction of the training set that is poisoned, in ``(0, 1)``.
+        poison_rate: fraction of the training set that is poisoned, in ``(0, 1)``; ``None``: the
+            attack's :attr:`default_poison_rate` (0.1, or less for clean-label attacks, which can
+            only use the target class).
         mode: ``"all-to-one"`` (every triggered image goes to ``target``) or ``"all-to-all"``
             (class ``y`` goes to ``(y + 1) mod C``).
         seed: seeds the trigger and the choice of poisoned images.
@@ -63,13 +65,16 @@ class Attack:
     clean_label: ClassVar[bool] = False
     #: the trigger is learned from data (see :meth:`fit_trigger`) rather than fixed by the seed
     learned: ClassVar[bool] = False
+    #: share of the training set poisoned when no rate is given
+    default_poison_rate: ClassVar[float] = 0.1
 
-    def __init__(self, image_shape, num_classes: int, target: int = 0, poison_rate: float = 0.1,
+    def __init__(self, image_shape, num_classes: int, target: int = 0, poison_rate: float | None = None,
                  mode: str | None = None, seed: int = 0, **params: Any):
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise NgfkitError(f"attack {self.name!r} has no parameter {sorted(unknown)[0]!r}; "
                               f"its parameters are: {', '.join(self.defaults) or 'none'}")
+        poison_rate = self.default_poison_rate if poison_rate is None else poison_rate
         if not 0.0 < float(poison_rate) < 1.0:
             raise NgfkitError(f"poison rate must be in (0, 1), got {poison_rate}")
         if not 0 <= int(target) < int(num_classes):
