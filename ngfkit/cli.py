@@ -296,6 +296,11 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     model, attack, meta = model_from_checkpoint(args.model, args.arch, args.dataset)
     dataset = meta.get("dataset") or args.dataset
     if args.attack is not None and (attack is None or attack.name != args.attack):
+        from .attacks import ATTACKS
+
+        if ATTACKS.get(args.attack).learned:
+            raise NgfkitError(f"attack {args.attack!r} has a learned trigger that {args.model} does not hold; "
+                              f"evaluate a model trained with it (its checkpoint carries the trigger) instead")
         info = dataset_info(dataset)
         attack = create_attack(args.attack, info.image_shape, info.num_classes, seed=args.seed)
     test = load_dataset(dataset, "test", root=args.data_root, download=args.download)

@@ -147,6 +147,12 @@ def test_evaluate_model_for_another_arch(capsys, tmp_path: Path) -> None:
     assert "'smallcnn'" in line and "--arch" in line
 
 
+def test_evaluate_with_a_learned_attack_the_model_does_not_hold(capsys, tmp_path: Path) -> None:
+    write_model(tmp_path / "m.safetensors")
+    line = run_error(capsys, ["evaluate", "--model", "m.safetensors", "--attack", "trojan-one"])
+    assert "'trojan-one'" in line and "learned trigger" in line
+
+
 def test_purify_wrong_out_suffix(capsys, tmp_path: Path) -> None:
     write_model(tmp_path / "m.safetensors")
     line = run_error(capsys, ["purify", "--model", "m.safetensors", "--out", "out.txt"])
