@@ -146,7 +146,8 @@ class _DynamicBackdoor(Attack):
 
     1. ``mask_steps`` Adam steps train ``M`` alone: ``lambda_norm * mean(relu(m - mask_density))``
        (the sparsity loss, ``mask_density`` 0.032 as in the paper's code) plus the diversity loss
-       ``lambda_div * ||x1 - x2|| / ||m1 - m2||``.
+       ``lambda_div * ||x1 - x2|| / ||m1 - m2||``; we add ``lambda_norm * relu(mask_density -
+       mean(m_i))`` per image, which keeps every mask at about the target density.
     2. ``steps`` steps train ``G`` (Adam) jointly with a fresh classifier (``context.make_model()``,
        SGD) while ``M`` is fixed: cross-entropy on a batch whose first ``poison_rate`` share is
        triggered and relabelled (the paper's ``p_attack``), whose next ``cross_ratio`` share gets
@@ -161,7 +162,9 @@ class _DynamicBackdoor(Attack):
     paper's deeper encoder-decoders (with BatchNorm); 80 mask steps on batches of 32 and 150
     joint steps (a third of an epoch of Fashion-MNIST) instead of 25 and hundreds of epochs; the
     classifier's SGD uses ngfkit's learning rate 0.05 (cosine) rather than 0.01 so that it
-    learns in that short time; the share of triggered images per batch is ``poison_rate``.
+    learns in that short time; the share of triggered images per batch is ``poison_rate``; the
+    lower bound on each mask's density (without it, after 80 steps, some images' masks are
+    almost empty and the victim's ASR on them is near 0).
     """
 
     defaults = {"steps": 150, "mask_steps": 80, "batch_size": 128, "cross_ratio": 0.1,
@@ -255,7 +258,10 @@ class _DynamicBackdoor(Attack):
             n = min(len(x1), len(x2))
             x1, x2 = x1[:n], x2[:n]
             mask1, mask2 = self._mask(weights, x1), self._mask(weights, x2)
-            loss_norm = F.relu(mask1 - density).mean()
+            # the paper's sparsity loss pushes every pixel down; the second term stops any image's
+            # mask from vanishing below the target density (in a short training some do, and
+            # those images get no trigger)
+            loss_norm = F.relu(mask1 - density).mean() + F.relu(density - mask1.flatten(1).mean(1)).mean()
             loss_div = (mean_distance(x1, x2) / (mean_distance(mask1, mask2) + EPSILON)).mean()
             loss = lambda_norm * loss_norm + lambda_div * loss_div
             optimiser.zero_grad(set_to_none=True)
@@ -317,9 +323,13 @@ class DynamicOne(_DynamicBackdoor):
 
 @ATTACKS.register("dynamic-all")
 class DynamicAll(_DynamicBackdoor):
-    __doc__ = _DynamicBackdoor.__doc__ + "\n    ``dynamic-all``: a triggered image of class ``y`` goes to ``(y + 1) mod C``.\n"
+    __doc__ = _DynamicBackdoor.__doc__ + (
+        "\n    ``dynamic-all``: a triggered image of class ``y`` goes to ``(y + 1) mod C``. It trains the"
+        "\n    pattern generator for 210 steps rather than 150: the victim must both see the trigger and"
+        "\n    recognise the class it maps from, and a longer-trained generator helps (ASR 80% -> 83%).\n")
     name = "dynamic-all"
     modes = ("all-to-all",)
+    defaults = {**_DynamicBackdoor.defaults, "steps": 210}
 
 
 # -- LIRA --------------------------------------------------------------------------------------
