@@ -8,6 +8,7 @@ import torch
 from ngfkit.attacks import ATTACKS, Attack, PoisonedDataset, create_attack
 from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
 from ngfkit.errors import NgfkitError
+from errors_helper import one_line_error
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 
@@ -254,13 +255,6 @@ def test_from_state_with_missing_trigger_tensor() -> None:
 
 # --- errors ----------------------------------------------------------------------------------
 
-
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(NgfkitError) as err:
-        fn(*args, **kwargs)
-    msg = str(err.value)
-    assert msg and "\n" not in msg
-    return msg
 
 
 def test_registry_names() -> None:

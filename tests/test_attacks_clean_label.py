@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from ngfkit.attacks import Attack, TriggerContext, create_attack
 from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
-from ngfkit.errors import NgfkitError
 from ngfkit.models import smallcnn
+from errors_helper import one_line_error
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 SHAPE_IDS = ["1x28x28", "3x32x32"]
@@ -38,13 +38,6 @@ def tiny_context(dataset, model, seed: int = 0) -> TriggerContext:
     return TriggerContext(train=dataset, make_model=lambda: tiny_model(dataset.info.image_shape[0]),
                           reference_model=lambda: model, progress=False, seed=seed)
 
-
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(NgfkitError) as err:
-        fn(*args, **kwargs)
-    msg = str(err.value)
-    assert msg and "\n" not in msg
-    return msg
 
 
 # --- SIG -------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import torch
 from ngfkit.attacks import Attack, TriggerContext, create_attack
 from ngfkit.attacks.composite import half_mix
 from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
-from ngfkit.errors import NgfkitError
 from ngfkit.models import smallcnn
+from errors_helper import one_line_error
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 SHAPE_IDS = ["1x28x28", "3x32x32"]
@@ -40,13 +40,6 @@ def rows_matching(halves: torch.Tensor, candidates: torch.Tensor) -> torch.Tenso
     """For each of ``halves`` (K, ...), whether it equals one of ``candidates`` (M, ...)."""
     return (halves.unsqueeze(1) == candidates.unsqueeze(0)).flatten(2).all(-1).any(1)
 
-
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(NgfkitError) as err:
-        fn(*args, **kwargs)
-    msg = str(err.value)
-    assert msg and "\n" not in msg
-    return msg
 
 
 def test_half_mix_puts_left_half_next_to_right_half() -> None:

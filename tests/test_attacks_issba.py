@@ -9,8 +9,8 @@ import torch
 
 from ngfkit.attacks import Attack, TriggerContext, create_attack
 from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
-from ngfkit.errors import NgfkitError
 from ngfkit.models import smallcnn
+from errors_helper import one_line_error
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 SHAPE_IDS = ["1x28x28", "3x32x32"]
@@ -43,13 +43,6 @@ def fitted(shape, seed: int = 0, **params) -> Attack:
     attack.fit_trigger(tiny_context(shape, seed=seed))
     return attack
 
-
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(NgfkitError) as err:
-        fn(*args, **kwargs)
-    msg = str(err.value)
-    assert msg and "\n" not in msg
-    return msg
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)

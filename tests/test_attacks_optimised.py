@@ -11,8 +11,8 @@ from torch import nn
 from ngfkit.attacks import ATTACKS, Attack, TriggerContext, create_attack
 from ngfkit.attacks.optimised import low_frequency_window, low_pass, trojan_layer
 from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
-from ngfkit.errors import NgfkitError
 from ngfkit.models import Classifier, Normalize, smallcnn
+from errors_helper import one_line_error
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 SHAPE_IDS = ["1x28x28", "3x32x32"]
@@ -47,13 +47,6 @@ def fitted(name: str, shape, seed: int = 0, reference: nn.Module | None = None, 
     attack.fit_trigger(context_for(shape, reference, seed=seed))
     return attack
 
-
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(NgfkitError) as err:
-        fn(*args, **kwargs)
-    msg = str(err.value)
-    assert msg and "\n" not in msg
-    return msg
 
 
 # --- shared behaviour ---------------------------------------------------------------------------
