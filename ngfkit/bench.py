@@ -49,8 +49,8 @@ def _row(exp: Experiment, trained, clean_acc: float) -> dict[str, Any]:
     drop = clean_acc - metrics["acc"]
     return {"attack": exp.attack, "acc": metrics["acc"], "asr": metrics["asr"], "ra": metrics["ra"],
             "poison_rate": exp.poison_rate, "poisoned_images": meta.get("poisoned_indices"),
-            "mode": exp.mode, "seconds": meta["train_seconds"] + meta.get("trigger_seconds", 0.0),
-            "trigger_seconds": meta.get("trigger_seconds", 0.0), "seed": exp.seed,
+            "mode": exp.mode, "seconds": meta["train_seconds"] + (meta.get("trigger_seconds") or 0.0),
+            "trigger_seconds": meta.get("trigger_seconds") or 0.0, "seed": exp.seed,
             "acc_drop": drop, "goal": {"asr_min": goal, "acc_drop_max": ACC_DROP_GOAL,
                                        "met": metrics["asr"] >= goal and drop <= ACC_DROP_GOAL},
             "cached": trained.cached, "experiment": exp.to_dict()}
