@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from .batches import iterate_batches, random_crop_flip
 from .fisher import (KFACState, diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors,
                      symmetric_eigh, with_bias_column)
-from .train import StepHooks, to_channels_last, use_channels_last
+from .train import CombinedHooks, StepHooks, to_channels_last, use_channels_last  # noqa: F401
 
 
 def layer_gradient(layer: nn.Linear) -> Tensor:
@@ -130,25 +130,6 @@ class NaturalGradient(StepHooks):
 
     def close(self) -> None:
         self.taps.remove()
-
-
-class CombinedHooks(StepHooks):
-    """Runs several :class:`StepHooks` in order."""
-
-    def __init__(self, *hooks: StepHooks):
-        self.hooks = [h for h in hooks if h is not None]
-
-    def observe(self, logits, labels, step):
-        for h in self.hooks:
-            h.observe(logits, labels, step)
-
-    def precondition(self, lr):
-        for h in self.hooks:
-            h.precondition(lr)
-
-    def after_step(self, lr):
-        for h in self.hooks:
-            h.after_step(lr)
 
 
 def layer_statistics(model: nn.Module, layers: dict[str, nn.Linear], dataset: Dataset, *,

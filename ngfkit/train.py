@@ -48,10 +48,14 @@ def use_channels_last(model: nn.Module) -> nn.Module:
 class StepHooks:
     """What a defence may add to the shared loop; every method is optional.
 
-    ``observe(logits, labels, step)`` runs after the forward pass (curvature statistics),
+    ``on_batch(x, y)`` sees each (augmented) batch before the forward pass (sharpness-aware
+    steps re-evaluate the loss on it), ``observe(logits, labels, step)`` runs after the forward
+    pass (curvature statistics),
     ``precondition(lr)`` after the backward pass and before the optimiser step (it may rewrite
     ``.grad``), ``after_step(lr)`` after the optimiser step (proximal terms).
     """
+
+    def on_batch(self, x: Tensor, y: Tensor) -> None: ...
 
     def observe(self, logits: Tensor, labels: Tensor, step: int) -> None: ...
 
@@ -60,16 +64,41 @@ class StepHooks:
     def after_step(self, lr: float) -> None: ...
 
 
+class CombinedHooks(StepHooks):
+    """Runs several :class:`StepHooks` in order (``None`` entries are skipped)."""
+
+    def __init__(self, *hooks: StepHooks | None):
+        self.hooks = [h for h in hooks if h is not None]
+
+    def on_batch(self, x, y):
+        for h in self.hooks:
+            h.on_batch(x, y)
+
+    def observe(self, logits, labels, step):
+        for h in self.hooks:
+            h.observe(logits, labels, step)
+
+    def precondition(self, lr):
+        for h in self.hooks:
+            h.precondition(lr)
+
+    def after_step(self, lr):
+        for h in self.hooks:
+            h.after_step(lr)
+
+
 def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, *, seed: int = 0,
                 device: torch.device | str = "cpu", progress: bool = True,
                 desc: str = "train", params: list[Tensor] | None = None, train_mode: bool = True,
                 hooks: StepHooks | None = None,
-                on_step: Callable[[int, float], None] | None = None) -> dict:
+                on_step: Callable[[int, float], None] | None = None,
+                extra_loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> dict:
     """Train ``model`` in place with SGD + momentum and a per-step cosine schedule.
 
     ``params`` restricts the optimised tensors (default: all); ``train_mode=False`` keeps
     BatchNorm and dropout in eval mode (a frozen body); ``hooks`` let a defence precondition or
-    regularise the steps. Returns ``{"loss": [...per step], "seconds": float}``.
+    regularise the steps; ``extra_loss(x, logits, y)`` is added to the cross-entropy (a
+    distillation term, say). Returns ``{"loss": [...per step], "seconds": float}``.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -91,9 +120,13 @@ def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, *, seed
                                     device=device, drop_last=True):
             if config.augment:
                 x = random_crop_flip(x, generator)
-            logits = model(to_channels_last(x))
+            x = to_channels_last(x)
+            hooks.on_batch(x, y)
+            logits = model(x)
             hooks.observe(logits, y, len(losses))
             loss = F.cross_entropy(logits, y)
+            if extra_loss is not None:
+                loss = loss + extra_loss(x, logits, y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             lr = optimiser.param_groups[0]["lr"]

@@ -1,5 +1,5 @@
 """Backdoor defences behind one interface: :func:`purify` and the ``DEFENCES`` registry."""
-from . import ngf  # noqa: F401  (registers "ngf")
+from . import distillation, finetune, ngf, pruning, unlearning  # noqa: F401  (each registers its defences)
 from .base import DEFENCES, Defence, purify
 
 __all__ = ["DEFENCES", "Defence", "purify"]

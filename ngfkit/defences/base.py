@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -18,10 +18,17 @@ DEFENCES: Registry[type["Defence"]] = Registry("defence")
 
 
 class Defence:
-    """Base class. Subclasses set ``name`` and ``Config`` (a dataclass) and implement :meth:`run`."""
+    """Base class. Subclasses set ``name`` and ``Config`` (a dataclass) and implement :meth:`run`.
+
+    ``strength`` names the one option that sets how hard the defence pushes (a learning rate,
+    a number of steps, a pruning threshold…) and ``strength_grid`` the values a benchmark tries,
+    weakest first; the config's default for that option is the authors' setting.
+    """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
+    strength: ClassVar[str] = ""
+    strength_grid: ClassVar[tuple] = ()
 
     def __init__(self, **options: Any):
         fields = {f.name for f in dataclasses.fields(self.Config)}
@@ -34,6 +41,22 @@ class Defence:
     def run(self, model: nn.Module, clean_data: Dataset, *, device: torch.device,
             progress: bool) -> tuple[nn.Module, dict]:
         raise NotImplementedError
+
+    def with_options(self, **options: Any) -> "Defence":
+        """A copy of this defence with some options changed."""
+        return type(self)(**{**dataclasses.asdict(self.config), **options})
+
+    def path(self, model: nn.Module, clean_data: Dataset, values: tuple, *, device: torch.device,
+             progress: bool) -> Iterator[tuple[Any, nn.Module]]:
+        """``(value, purified model)`` for each strength value, weakest first.
+
+        The default runs the defence once per value; defences whose strength is an amount of
+        work (steps, rounds, a pruning threshold) override this to read every value off one run.
+        """
+        for value in values:
+            purified, _ = self.with_options(**{self.strength: value}).run(
+                model, clean_data, device=device, progress=progress)
+            yield value, purified
 
 
 def purify(model: nn.Module, clean_data: Dataset, method: str = "ngf", *, device: str | torch.device = "cpu",

@@ -1,0 +1,23 @@
+"""A tiny model and clean set for defence tests: a real ``smallcnn`` on random 28×28 images."""
+import torch
+
+from ngfkit.data import ImageTensorDataset, dataset_info
+from ngfkit.models import build_model
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    info = dataset_info("fashion-mnist")
+    torch.manual_seed(seed)
+    return build_model("smallcnn", info.num_classes, info.image_shape, info.mean, info.std).eval()
+
+
+def tiny_clean(n: int = 64, seed: int = 0) -> ImageTensorDataset:
+    info = dataset_info("fashion-mnist")
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, *info.image_shape), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n) % info.num_classes
+    return ImageTensorDataset(images, labels, info)
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
