@@ -104,6 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
     attacks.add_argument("--clean-fraction", type=float, default=0.01,
                          help="share of the training set held out as the defender's clean data (default 0.01)")
     _common(attacks)
+
+    defences = bench_sub.add_parser(
+        "defences", aliases=["defenses"],
+        help="every defence on every backdoored model at an equal clean-accuracy budget: ACC, ASR, RA, DER, time, memory")
+    defences.add_argument("--dataset", default="fashion-mnist")
+    defences.add_argument("--arch", default=None)
+    defences.add_argument("--attacks", default="all", help="'all' (the paper's 15) or comma-separated attack names")
+    defences.add_argument("--defenses", "--defences", dest="defenses", default="all",
+                          help="'all' (NGF, the baselines, the NGF ablations) or comma-separated defence names")
+    defences.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (one backdoored model each; default 1)")
+    defences.add_argument("--acc-budget", type=float, default=3.0,
+                          help="most held-out clean-accuracy points a defence's chosen strength may cost (default 3)")
+    defences.add_argument("--holdout", type=float, default=0.2,
+                          help="share of the clean set held out to choose each defence's strength (default 0.2)")
+    defences.add_argument("--settings", default="selected,authors",
+                          help="selected (strength chosen by the clean-data rule), authors (defaults), or both")
+    defences.add_argument("--defense-param", "--defence-param", dest="defense_param", action="append", default=[],
+                          metavar="NAME.KEY=VALUE", help="an option of one defence, e.g. anp.iterations=2000 (repeatable); "
+                          "a list for its strength knob is the grid to choose from, e.g. ft.steps=[50,100]")
+    defences.add_argument("--epochs", type=int, default=None, help="training epochs of the backdoored models (default: 1)")
+    defences.add_argument("--train-lr", type=float, default=None, help="their training learning rate (default 0.05)")
+    defences.add_argument("--clean-fraction", type=float, default=0.01,
+                          help="share of the training set held out as the defender's clean data (default 0.01)")
+    defences.add_argument("--figure", metavar="PATH", default=None,
+                          help="also write the ASR vs ACC-drop scatter as a self-contained HTML file")
+    _common(defences)
     return parser
 
 
@@ -324,11 +350,42 @@ def cmd_list(args: argparse.Namespace) -> dict:
     return listing
 
 
+def _defence_params(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["anp.iterations=2000"]`` -> ``{"anp": {"iterations": 2000}}``."""
+    options: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        name, dot, rest = pair.partition(".")
+        if not dot or "=" not in rest:
+            raise NgfkitError(f"--defense-param takes NAME.KEY=VALUE (e.g. anp.iterations=2000), got {pair!r}")
+        options.setdefault(name.strip(), {}).update(_attack_params([rest]))
+    return options
+
+
 def cmd_bench(args: argparse.Namespace) -> dict:
     from .bench import attack_table, bench_attacks
     from .utils import resolve_device
 
     device = resolve_device(args.device)
+    if args.bench_command in ("defences", "defenses"):
+        from .bench_defences import bench_defences, defence_table
+
+        if args.figure:
+            _check_output(args.figure, ".html")
+        settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+        report = bench_defences(args.dataset, args.arch, args.attacks, args.defenses, seeds=args.seeds,
+                                acc_budget=args.acc_budget, holdout=args.holdout, settings=settings,
+                                train=_train_config(args), clean_fraction=args.clean_fraction, device=device,
+                                progress=not args.quiet, json_path=args.json, data_root=args.data_root,
+                                download=args.download, defence_options=_defence_params(args.defense_param))
+        for setting in settings:
+            print(defence_table(report, setting))
+            print()
+        if args.figure:
+            from .plots import defence_scatter, write_html
+
+            write_html(defence_scatter(report), args.figure)
+            print(f"wrote {args.figure}")
+        return report
     report = bench_attacks(args.dataset, args.arch, args.attacks, seed=args.seed, train=_train_config(args),
                            clean_fraction=args.clean_fraction, device=device, progress=not args.quiet,
                            json_path=args.json, data_root=args.data_root, download=args.download)

@@ -76,3 +76,37 @@ def attack_gallery(attacks: Sequence[Attack], images: Tensor, labels: Tensor, *,
     fig.update_layout(height=150 * len(attacks) + 60, width=520, margin=dict(l=10, r=90, t=50, b=10),
                       title="Attack gallery: clean | triggered | residual (triggered − clean, stretched to full range)")
     return fig
+
+
+def defence_scatter(report: dict, setting: str = "selected"):
+    """Mean ASR against mean clean-accuracy drop per defence (one marker each; its area grows
+    with the defence's wall time), from a ``bench defences`` report."""
+    import plotly.graph_objects as go
+
+    from .bench_defences import summarise
+
+    rows = [r for r in report.get("summary") or summarise(report) if r["setting"] == setting]
+    if not rows:
+        raise NgfkitError(f"the report has no cells with setting {setting!r}")
+    longest = max(r["seconds"] for r in rows) or 1.0
+    figure = go.Figure(go.Scatter(
+        x=[r["acc_drop"] for r in rows], y=[r["asr"] for r in rows], mode="markers+text",
+        text=[r["defense"] for r in rows], textposition="top center",
+        marker={"size": [12 + 38 * (r["seconds"] / longest) ** 0.5 for r in rows], "sizemode": "diameter",
+                "opacity": 0.7},
+        customdata=[[r["seconds"], r["ra"], r["cells"]] for r in rows],
+        hovertemplate="%{text}<br>ASR %{y:.1f} %<br>ACC drop %{x:.2f} points<br>RA %{customdata[1]:.1f} %"
+                      "<br>%{customdata[0]:.1f} s per model<br>%{customdata[2]} cells<extra></extra>"))
+    figure.update_layout(
+        title=f"Defences on {report['dataset']} ({report['arch']}): mean over attacks and seeds",
+        xaxis_title="clean-accuracy drop (percentage points)", yaxis_title="attack success rate (%)",
+        yaxis_range=[-5, 105], template="plotly_white", height=480)
+    return figure
+
+
+def write_html(figure, path) -> None:
+    """A self-contained HTML file (plotly.js embedded: it opens without network), written atomically."""
+    from .utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        figure.write_html(str(tmp), include_plotlyjs=True, full_html=True)

@@ -78,3 +78,50 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "cuda": torch.version.cuda or "none",
     }
+
+
+class PeakMemory:
+    """Peak memory of a block in MiB: CUDA's allocator peak on a GPU; on the CPU the peak resident
+    set size above the block's start, sampled every 10 ms by a background thread (the CPU
+    allocator keeps no peak of its own)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.peak_mb = 0.0
+
+    @staticmethod
+    def _rss_bytes() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return 0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        import threading
+
+        self._start = self._peak = self._rss_bytes()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.01):
+                self._peak = max(self._peak, self._rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - self._start
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, self._rss_bytes()) - self._start
+        self.peak_mb = max(0.0, peak) / 2**20

@@ -102,21 +102,64 @@ class FineTune(StepsDefence):
                         snapshot_at=snapshot_at)
 
 
+@dataclass
+class LastLayerConfig:
+    """SGD on the classifier alone, with NGF's data pipeline (cached features of augmented views)."""
+
+    steps: int = 500
+    lr: float = 0.01
+    final_lr_ratio: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    augment: int = 8  # cropped + flipped views of each clean image, as NGF uses
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.lr <= 0 or self.augment < 0:
+            raise NgfkitError("ft-last needs steps >= 1, lr > 0 and augment >= 0")
+
+
 @DEFENCES.register("ft-last")
-class FineTuneLast(StepsDefence):
+class FineTuneLast(Defence):
     """SGD on the single layer NGF trains (the classifier), the body frozen in eval mode: the
-    control that isolates what the natural gradient adds. Every other parameter and every
-    BatchNorm buffer is left bit-identical."""
+    control that isolates what the natural gradient adds. It sees exactly NGF's data (the same
+    cached features of the same augmented views, steps, batch and schedule); only the update
+    differs. Every other parameter and every BatchNorm buffer is left bit-identical. Its
+    strength is the learning rate, over a grid reaching higher than NGF's, since plain SGD steps
+    on a linear head are small."""
 
     name = "ft-last"
-    Config = FineTuneConfig
+    Config = LastLayerConfig
+    strength = "lr"
+    strength_grid = (0.01, 0.03, 0.1, 0.3, 1.0)
 
-    def _train(self, model, data, *, device, progress, snapshot_at=()):
-        name = getattr(model, "classifier_name", None)
-        classifier_layer(model, name)
-        params = [f"{name}.{p}" for p, _ in classifier_layer(model, name).named_parameters()]
-        return finetune(model, data, self.config, device=device, progress=progress, desc=self.name,
-                        params=params, train_mode=False, snapshot_at=snapshot_at)
+    def _features(self, model, clean_data, device):
+        from ..ngf import cache_features
+
+        model = copy.deepcopy(model).to(device).eval()
+        return model, cache_features(model, classifier_layer(model), clean_data, views=self.config.augment,
+                                     seed=self.config.seed, device=device)
+
+    def _fit(self, model, data, lr, progress) -> tuple[nn.Module, dict]:
+        cfg = self.config
+        tuned = copy.deepcopy(model)
+        head = classifier_layer(tuned)
+        train_cfg = TrainConfig(steps=cfg.steps, lr=lr, final_lr_ratio=cfg.final_lr_ratio, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, batch_size=min(cfg.batch_size, len(data)))
+        fit = train_model(head, data, train_cfg, seed=cfg.seed, device=head.weight.device, progress=progress,
+                          desc=self.name)
+        return tuned.eval(), fit
+
+    def run(self, model, clean_data, *, device, progress):
+        model, data = self._features(model, clean_data, device)
+        tuned, fit = self._fit(model, data, self.config.lr, progress)
+        return tuned, {"loss": fit["loss"]}
+
+    def path(self, model, clean_data, values, *, device, progress):
+        model, data = self._features(model, clean_data, device)
+        for value in values:
+            yield value, self._fit(model, data, value, progress)[0]
 
 
 @dataclass

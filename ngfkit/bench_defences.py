@@ -1,0 +1,230 @@
+"""``ngfkit bench defences``: every defence on every backdoored model, at an equal clean-data cost.
+
+Each cell (attack, defence, seed, setting) is independent: the backdoored model comes from the
+model cache, the defence runs, the test set scores it, and the JSON report is rewritten
+atomically, so a killed run resumes from its finished cells. Two settings per defence:
+
+- ``selected``: the strength chosen by :func:`~ngfkit.defences.selection.select_and_purify`
+  (strongest value whose held-out clean accuracy drops at most ``acc_budget`` points);
+- ``authors``: the defence's own defaults (for NGF: its cross-fitted learning-rate rule).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attacks import ATTACKS
+from .bench import PAPER_ATTACKS, parse_names
+from .defences import DEFENCES, purify
+from .defences.selection import select_and_purify
+from .errors import NgfkitError
+from .metrics import defence_effectiveness_rating, evaluate, evaluate_layer, predict
+from .models import classifier_layer
+from .pipeline import Experiment, load_or_train, load_splits
+from .train import TrainConfig
+from .utils import PeakMemory, versions, write_json
+
+#: NGF, the paper's baselines, then the NGF ablations
+PAPER_DEFENCES = ("ngf", "ft", "ft-last", "ft-sam", "anp", "nad", "fp", "i-bau",
+                  "ngf-sgd-body", "ngf-noreg", "ngf-sampled", "ngf-kfac")
+SETTINGS = ("selected", "authors")
+
+
+def _only_head_changed(before: nn.Module, after: nn.Module) -> bool:
+    """Whether ``after`` differs from ``before`` in the classifier layer alone (then the test set
+    can be scored from cached classifier inputs instead of a full forward pass)."""
+    name = getattr(before, "classifier_name", None)
+    if name is None:
+        return False
+    old, new = before.state_dict(), after.state_dict()
+    return old.keys() == new.keys() and all(
+        torch.equal(old[k], new[k].to(old[k].device)) for k in old if not k.startswith(f"{name}."))
+
+
+def _settings_of(report: dict) -> dict:
+    return {k: report.get(k) for k in ("dataset", "arch", "acc_budget", "holdout", "clean_fraction", "train")}
+
+
+def _load_previous(json_path: str | Path | None, settings: dict) -> dict | None:
+    if not json_path or not Path(json_path).is_file():
+        return None
+    try:
+        previous = json.loads(Path(json_path).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise NgfkitError(f"{json_path} exists but is not a readable bench report; move it away or pick another "
+                          f"--json") from None
+    if _settings_of(previous) != settings:
+        changed = [k for k in settings if previous.get(k) != settings[k]]
+        raise NgfkitError(f"{json_path} holds results made with other settings ({', '.join(changed)}); "
+                          f"pick another --json to start a new benchmark or delete it")
+    return previous
+
+
+def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, attacks: str | Sequence[str] = "all",
+                   defenses: str | Sequence[str] = "all", *, seeds: int | Sequence[int] = 1, acc_budget: float = 3.0,
+                   holdout: float = 0.2, settings: Sequence[str] = SETTINGS, train: TrainConfig | None = None,
+                   clean_fraction: float = 0.01, device: torch.device | str = "cpu", progress: bool = True,
+                   json_path: str | Path | None = None, data_root=None, download: bool = False,
+                   defence_options: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Run every (attack, defence, seed, setting) cell not yet in ``json_path``; return the report.
+
+    The report is ``{"dataset", "arch", "cells": [{"attack", "defense", "seed", "setting", "acc",
+    "asr", "ra", "der", "seconds", "peak_mb", ...}], "before": [{"attack", "seed", "acc", "asr",
+    "ra"}], "summary": [...]}`` with percentages. ``seconds`` is the defender's whole cost:
+    for ``selected`` it includes trying every strength value.
+    """
+    attack_names = parse_names(attacks, ATTACKS.names(), "attack", PAPER_ATTACKS)
+    defence_names = parse_names(defenses, DEFENCES.names(), "defense", PAPER_DEFENCES)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise NgfkitError("--seeds must be at least 1")
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise NgfkitError(f"unknown setting {unknown[0]!r}; choose from {', '.join(SETTINGS)}")
+    if acc_budget < 0:
+        raise NgfkitError(f"--acc-budget must be >= 0 accuracy points, got {acc_budget}")
+    defence_options = defence_options or {}
+    for name, options in defence_options.items():
+        _split_grid(name, options)  # bad options fail now, not after an hour of cells
+    train = train or TrainConfig()
+    start = time.perf_counter()
+    report: dict[str, Any] = {"dataset": dataset, "arch": None, "acc_budget": acc_budget, "holdout": holdout,
+                              "clean_fraction": clean_fraction, "train": train.to_dict()}
+    first = Experiment(dataset=dataset, arch=arch, attack=attack_names[0], clean_fraction=clean_fraction,
+                       seed=seed_list[0], train=train)
+    report["arch"] = first.arch
+    previous = _load_previous(json_path, _settings_of(report))
+    report.update({"cells": [], "before": [], "seeds": seed_list, "device": str(device), "versions": versions(),
+                   "defence_options": defence_options})
+    if previous:
+        report["cells"], report["before"] = previous.get("cells", []), previous.get("before", [])
+    done = {(c["attack"], c["defense"], c["seed"], c["setting"]) for c in report["cells"]}
+
+    def save() -> None:
+        report["summary"] = summarise(report)
+        report["wall_seconds"] = time.perf_counter() - start + (previous or {}).get("wall_seconds", 0.0)
+        if json_path:
+            write_json(json_path, report)
+
+    for seed in seed_list:
+        splits = None
+        for attack_name in attack_names:
+            todo = [(d, s) for d in defence_names for s in settings if (attack_name, d, seed, s) not in done]
+            if not todo:
+                continue
+            exp = Experiment(dataset=dataset, arch=arch, attack=attack_name, clean_fraction=clean_fraction,
+                             seed=seed, train=train)
+            splits = splits or load_splits(exp, data_root, download)
+            trained = load_or_train(exp, splits, device=device, progress=progress)
+            model, attack = trained.model.to(device).eval(), trained.attack
+            test_inputs = predict(model, splits.test, attack=attack, device=device,
+                                  keep_inputs_of=classifier_layer(model))
+            before = evaluate_layer(classifier_layer(model), test_inputs)
+            if not any(b["attack"] == attack_name and b["seed"] == seed for b in report["before"]):
+                report["before"].append({"attack": attack_name, "seed": seed, **before})
+            for defence_name, setting in todo:
+                options, grid = _split_grid(defence_name, defence_options.get(defence_name, {}))
+                with PeakMemory(device) as memory:
+                    tic = time.perf_counter()
+                    if setting == "selected":
+                        purified, history = select_and_purify(
+                            model, splits.clean, defence_name, acc_budget=acc_budget, holdout=holdout, seed=seed,
+                            values=grid, device=device, progress=False, **options)
+                    else:
+                        purified, history = purify(model, splits.clean, defence_name, device=device, progress=False,
+                                                   **{"seed": seed, **options})
+                    seconds = time.perf_counter() - tic
+                if _only_head_changed(model, purified):
+                    after = evaluate_layer(classifier_layer(purified), test_inputs)
+                else:
+                    after = evaluate(purified, splits.test, attack, device=device)
+                cell = {"attack": attack_name, "defense": defence_name, "seed": seed, "setting": setting,
+                        **after, "der": 100.0 * defence_effectiveness_rating(before, after),
+                        "acc_drop": before["acc"] - after["acc"], "seconds": seconds, "peak_mb": memory.peak_mb,
+                        "choice": _choice(history)}
+                report["cells"].append(cell)
+                save()
+                if progress:
+                    tqdm.write(f"{attack_name:12s} {defence_name:13s} {setting:8s} seed {seed}: acc {after['acc']:6.2f} "
+                               f"(drop {cell['acc_drop']:+5.2f})  asr {after['asr']:6.2f}  ra {after['ra']:6.2f}  "
+                               f"{seconds:6.1f} s  {memory.peak_mb:6.0f} MiB")
+    save()
+    return report
+
+
+def _split_grid(name: str, options: dict) -> tuple[dict, tuple | None]:
+    """Options of one defence, checked; a list given for its strength knob is the grid to try
+    (e.g. ``ft.steps=[50,100]``) rather than a fixed value."""
+    defence_class = DEFENCES.get(name)
+    options = dict(options)
+    grid = options.pop(defence_class.strength, None) if isinstance(options.get(defence_class.strength), list) else None
+    defence_class(**options)
+    if grid is not None and not grid:
+        raise NgfkitError(f"the grid for {name}.{defence_class.strength} is empty")
+    return options, tuple(grid) if grid is not None else None
+
+
+def _choice(history: dict) -> dict:
+    """The part of a defence's history worth keeping in the report: what setting it ran at."""
+    if "knob" in history:
+        return {"knob": history["knob"], "value": history["chosen"], "budget_met": history["budget_met"],
+                "tried": history["tried"]}
+    chosen = history.get("chosen")
+    return {"config": {k: v for k, v in history.get("config", {}).items() if not isinstance(v, (list, tuple))},
+            **({"chosen": chosen} if chosen is not None else {})}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(report: dict) -> list[dict]:
+    """Mean ± std over attacks and seeds per (defence, setting), plus per-attack means."""
+    rows = []
+    keys = sorted({(c["defense"], c["setting"]) for c in report["cells"]},
+                  key=lambda k: (PAPER_DEFENCES.index(k[0]) if k[0] in PAPER_DEFENCES else 99, SETTINGS.index(k[1])))
+    for defence, setting in keys:
+        cells = [c for c in report["cells"] if c["defense"] == defence and c["setting"] == setting]
+        row: dict[str, Any] = {"defense": defence, "setting": setting, "cells": len(cells),
+                               "attacks": sorted({c["attack"] for c in cells})}
+        for field in ("acc", "acc_drop", "asr", "ra", "der", "seconds", "peak_mb"):
+            row[field], row[f"{field}_std"] = _mean_std([c[field] for c in cells])
+        rows.append(row)
+    return rows
+
+
+def defence_table(report: dict, setting: str = "selected") -> str:
+    """Markdown: one row per defence (mean ± std over attacks and seeds), then ASR per attack."""
+    summary = [r for r in report.get("summary") or summarise(report) if r["setting"] == setting]
+    lines = [f"{report['dataset']}, {report['arch']}, setting '{setting}', clean-accuracy budget "
+             f"{report['acc_budget']} points, seeds {report['seeds']}", "",
+             "| defence | attacks | C-ACC drop | ASR % | RA % | DER % | seconds | peak MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary:
+        lines.append(f"| {r['defense']} | {len(r['attacks'])} | {r['acc_drop']:.2f} ± {r['acc_drop_std']:.2f} | "
+                     f"{r['asr']:.2f} ± {r['asr_std']:.2f} | {r['ra']:.2f} ± {r['ra_std']:.2f} | "
+                     f"{r['der']:.1f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |")
+    attacks = [a for a in PAPER_ATTACKS if any(c["attack"] == a for c in report["cells"])]
+    defences = [r["defense"] for r in summary]
+    lines += ["", "ASR % after each defence (C-ACC drop in points), mean over seeds:", "",
+              "| attack | before | " + " | ".join(defences) + " |", "| --- " * (len(defences) + 2) + "|"]
+    for attack in attacks:
+        before = [b["asr"] for b in report["before"] if b["attack"] == attack]
+        cells = []
+        for defence in defences:
+            chosen = [c for c in report["cells"]
+                      if c["attack"] == attack and c["defense"] == defence and c["setting"] == setting]
+            cells.append(f"{statistics.fmean(c['asr'] for c in chosen):.1f} "
+                         f"({statistics.fmean(c['acc_drop'] for c in chosen):+.1f})" if chosen else "–")
+        lines.append(f"| {attack} | {statistics.fmean(before):.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
