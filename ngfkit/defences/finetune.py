@@ -1,6 +1,6 @@
 """Fine-tuning defences: plain fine-tuning of every layer (``ft``), of the one layer NGF uses
 (``ft-last``), sharpness-aware fine-tuning (``ft-sam``) and neural attention distillation
-(``nad``). All of them train through :func:`ngfkit.train.train_model`; their strength is the
+(``nad``, in :mod:`.distillation`). All of them train through :func:`ngfkit.train.train_model`; their strength is the
 number of steps at a constant learning rate, so one run yields every shorter setting too."""
 from __future__ import annotations
 
