@@ -152,7 +152,7 @@ class NGF(Defence):
                     held_out.append(fold)
                     lrs.append(lr)
             fit = fit_heads(data.features, data.labels, weight, train_sets, lrs, cfg, held_out=held_out)
-            predictions = head_predictions(fit["weight"], data.features[0])
+            predictions = head_predictions(fit["weight"], data.features[0]).cpu()
             results = []
             for g, lr in enumerate(cfg.lr_grid):
                 rows = range(g * len(folds), (g + 1) * len(folds))
