@@ -29,7 +29,7 @@ Deviations:
 * Learning rate 0.01, constant, for teacher and student: BackdoorBench's effective value. The
   NAD repo uses 0.1 decayed to 0.01 (and Nesterov momentum; the shared loop has none), teacher
   10 epochs and student 20 epochs on 5 % of CIFAR-10. Here both train for a number of steps
-  (``teacher_steps``, ``steps``, default 300 each); the constant rate makes the snapshot after
+  (``teacher_steps``, ``steps``, default 200 each); the constant rate makes the snapshot after
   ``k`` student steps the ``k``-step run, so :meth:`path` trains the teacher once and the student
   once.
 * Teacher and student see the same seeded batches (same ``seed``).
@@ -62,7 +62,7 @@ class NADConfig(FineTuneConfig):
 
     lr: float = 0.01
     weight_decay: float = 1e-4
-    teacher_steps: int = 300
+    teacher_steps: int = 200
     teacher_lr: float = 0.01
     betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)
     p: float = 2.0

@@ -2,9 +2,11 @@
 
 The defender splits its clean images: ``1 - holdout`` of them run the defence at each value of
 its strength knob, the rest measure what each value costs in clean accuracy. The chosen value is
-the strongest whose held-out accuracy falls by at most ``acc_budget`` points (the weakest if
-none does), and the defended model is the one that value produced. No triggered image is ever
-looked at.
+the strongest whose held-out accuracy falls by at most ``acc_budget`` points, and the defended
+model is the one that value produced. If no value stays within the budget, the one that costs
+least is kept: cost need not grow with strength (fine-tuning every layer on a few hundred images
+first loses accuracy, then partly recovers it), so "the weakest" would not be the cheapest. No
+triggered image is ever looked at.
 """
 from __future__ import annotations
 
@@ -68,10 +70,11 @@ def select_and_purify(model: nn.Module, clean_data: Dataset, method: str, *, acc
         bar.update(1)
     bar.close()
     within = [t for t in tried if t["val_acc_drop"] <= acc_budget]
-    chosen = (within[-1] if within else tried[0])["value"]
+    chosen = (within[-1] if within else min(tried, key=lambda t: t["val_acc_drop"]))["value"]
     history = {
         "method": method, "knob": knob, "chosen": chosen, "budget_met": bool(within),
-        "rule": f"strongest {knob} whose held-out clean accuracy drops <= {acc_budget} points",
+        "rule": f"strongest {knob} whose held-out clean accuracy drops <= {acc_budget} points "
+                f"(else the one that drops least)",
         "val_acc_before": before, "tried": tried, "fit_images": len(fit_idx), "held_out_images": len(held_idx),
         "config": dataclasses.asdict(defence.with_options(**{knob: chosen}).config),
         "seconds": time.perf_counter() - start,
