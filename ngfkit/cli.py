@@ -53,6 +53,9 @@ def _defence_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fisher", choices=("empirical", "sampled"), default=None)
     parser.add_argument("--reg-strength", type=float, default=None, help="NGF: Fisher regulariser strength η")
     parser.add_argument("--layers", default=None, help="NGF: comma-separated Linear layer names (default: the classifier)")
+    parser.add_argument("--defense-param", "--defence-param", dest="defense_param", action="append", default=[],
+                        metavar="KEY=VALUE", help="any option of the defence, e.g. iterations=2000 for anp "
+                        "(repeatable; see the defence's docs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,13 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _attack_params(pairs: Sequence[str]) -> dict[str, Any]:
+def _attack_params(pairs: Sequence[str], flag: str = "--attack-param") -> dict[str, Any]:
     """``["alpha=0.3", "bits=4"]`` -> ``{"alpha": 0.3, "bits": 4}`` (values read as JSON, else text)."""
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise NgfkitError(f"--attack-param takes KEY=VALUE, got {pair!r}")
+            raise NgfkitError(f"{flag} takes KEY=VALUE, got {pair!r}")
         try:
             params[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -164,6 +167,7 @@ def _defence_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     options = {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
     if getattr(args, "layers", None):
         options["layers"] = tuple(s.strip() for s in args.layers.split(",") if s.strip())
+    options.update(_attack_params(getattr(args, "defense_param", []), "--defense-param"))
     options["seed"] = args.seed
     return options
 

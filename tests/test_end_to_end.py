@@ -129,3 +129,49 @@ def test_attack_table_marks_missed_goals():
     table = attack_table(report).splitlines()
     assert table[-2].startswith("| x | 85.00 | +5.00 | 95.00") and "**missed**" in table[-2]
     assert "| met |" in table[-1]
+
+
+def test_bench_defences_reports_every_cell_resumes_and_reruns_a_lost_cell_identically(small_fashion, cache):
+    out, figure = cache / "defences.json", cache / "scatter.html"
+    args = ["bench", "defences", "--attacks", "badnets", "--defenses", "ngf,ft-last,fp", "--data-root",
+            str(small_fashion), "--epochs", "2", "--clean-fraction", "0.1", "--json", str(out), "--quiet",
+            "--defense-param", "ngf.steps=100", "--defense-param", "ft-last.steps=100",
+            "--defense-param", "fp.steps=5", "--defense-param", "fp.ratio=[0.2,0.6]", "--figure", str(figure)]
+    run(*args)
+    report = json.loads(out.read_text())
+    assert report["dataset"] == "fashion-mnist" and report["arch"] == "smallcnn" and report["seeds"] == [0]
+    cells = {(c["defense"], c["setting"]): c for c in report["cells"]}
+    assert set(cells) == {(d, s) for d in ("ngf", "ft-last", "fp") for s in ("selected", "authors")}
+    (before,) = report["before"]
+    assert before["attack"] == "badnets" and before["asr"] >= 90
+    for cell in cells.values():
+        assert {"attack", "defense", "seed", "acc", "asr", "ra", "der", "seconds", "peak_mb"} <= set(cell)
+        assert cell["seconds"] > 0 and 0 <= cell["asr"] <= 100
+        assert cell["acc_drop"] == pytest.approx(before["acc"] - cell["acc"])
+    assert [t["value"] for t in cells[("fp", "selected")]["choice"]["tried"]] == [0.2, 0.6]
+    assert cells[("ngf", "selected")]["choice"]["knob"] == "lr"
+    assert {r["defense"] for r in report["summary"]} == {"ngf", "ft-last", "fp"}
+    assert "plotly" in figure.read_text()[:5000].lower()
+
+    # a killed run: drop one finished cell; the rerun computes only that one, and identically
+    lost = report["cells"].pop(1)
+    out.write_text(json.dumps(report))
+    run(*args)
+    again = json.loads(out.read_text())
+    assert len(again["cells"]) == 6
+    redone = next(c for c in again["cells"] if (c["defense"], c["setting"]) == (lost["defense"], lost["setting"]))
+    for key in ("acc", "asr", "ra"):
+        assert redone[key] == lost[key]
+
+
+def test_purify_runs_any_defence_with_its_own_options(small_fashion, cache):
+    model = cache / "bd.safetensors"
+    run("attack", "--data-root", str(small_fashion), "--epochs", "1", "--clean-fraction", "0.05",
+        "--out", str(model), "--quiet")
+    out = cache / "anp.safetensors"
+    run("purify", "--model", str(model), "--data-root", str(small_fashion), "--defense", "anp",
+        "--defense-param", "iterations=5", "--defense-param", "threshold=0.3", "--out", str(out),
+        "--json", str(cache / "anp.json"), "--quiet")
+    result = json.loads((cache / "anp.json").read_text())
+    assert result["defense"] == "anp" and result["defense_history"]["config"]["iterations"] == 5
+    assert out.is_file() and out.with_suffix(".json").is_file()
