@@ -198,7 +198,8 @@ def summarise(report: dict) -> list[dict]:
         row: dict[str, Any] = {"defense": defence, "setting": setting, "cells": len(cells),
                                "attacks": sorted({c["attack"] for c in cells})}
         for field in ("acc", "acc_drop", "asr", "ra", "der", "seconds", "peak_mb"):
-            row[field], row[f"{field}_std"] = _mean_std([c[field] for c in cells])
+            # a missing value (peak memory that could not be measured) is left out, not counted as 0
+            row[field], row[f"{field}_std"] = _mean_std([c[field] for c in cells if c.get(field) is not None])
         rows.append(row)
     return rows
 
@@ -213,7 +214,8 @@ def defence_table(report: dict, setting: str = "selected") -> str:
     for r in summary:
         lines.append(f"| {r['defense']} | {len(r['attacks'])} | {r['acc_drop']:.2f} ± {r['acc_drop_std']:.2f} | "
                      f"{r['asr']:.2f} ± {r['asr_std']:.2f} | {r['ra']:.2f} ± {r['ra_std']:.2f} | "
-                     f"{r['der']:.1f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |")
+                     f"{r['der']:.1f} | {r['seconds']:.1f} | "
+                     f"{'–' if math.isnan(r['peak_mb']) else format(r['peak_mb'], '.0f')} |")
     attacks = [a for a in PAPER_ATTACKS if any(c["attack"] == a for c in report["cells"])]
     defences = [r["defense"] for r in summary]
     lines += ["", "ASR % after each defence (C-ACC drop in points), mean over seeds:", "",

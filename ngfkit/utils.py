@@ -80,10 +80,20 @@ def versions() -> dict[str, str]:
     }
 
 
+def _release_freed_memory() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement is then a lower bound
+        pass
+
+
 class PeakMemory:
     """Peak memory of a block in MiB: CUDA's allocator peak on a GPU; on the CPU the peak resident
     set size above the block's start, sampled every 10 ms by a background thread (the CPU
-    allocator keeps no peak of its own)."""
+    allocator keeps no peak of its own). Memory freed before the block is first handed back to
+    the system (glibc's ``malloc_trim``), or a block could reuse it unseen and read 0."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
@@ -105,6 +115,7 @@ class PeakMemory:
             return self
         import threading
 
+        _release_freed_memory()
         self._start = self._peak = self._rss_bytes()
         self._stop = threading.Event()
 
