@@ -230,3 +230,38 @@ def defence_table(report: dict, setting: str = "selected") -> str:
                          f"({statistics.fmean(c['acc_drop'] for c in chosen):+.1f})" if chosen else "–")
         lines.append(f"| {attack} | {statistics.fmean(before):.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def merge_reports(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """One report from several ``bench defences`` reports made with the same settings (say, one
+    per SLURM job, each running some attacks or defences); a cell present twice is kept once."""
+    if not paths:
+        raise NgfkitError("give at least one report to merge")
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise NgfkitError(f"cannot read bench report {path}: {error.__class__.__name__}") from None
+    settings = _settings_of(reports[0])
+    for path, report in zip(paths[1:], reports[1:]):
+        if _settings_of(report) != settings:
+            changed = [k for k in settings if report.get(k) != settings[k]]
+            raise NgfkitError(f"{path} was made with other settings than {paths[0]} ({', '.join(changed)}); "
+                              f"only reports of one benchmark can be merged")
+    merged = {**reports[0], "cells": [], "before": [], "merged_from": [str(p) for p in paths]}
+    seen_cells, seen_before = set(), set()
+    for report in reports:
+        for cell in report.get("cells", []):
+            key = (cell["attack"], cell["defense"], cell["seed"], cell["setting"])
+            if key not in seen_cells:
+                seen_cells.add(key)
+                merged["cells"].append(cell)
+        for row in report.get("before", []):
+            if (row["attack"], row["seed"]) not in seen_before:
+                seen_before.add((row["attack"], row["seed"]))
+                merged["before"].append(row)
+    merged["seeds"] = sorted({c["seed"] for c in merged["cells"]})
+    merged["wall_seconds"] = sum(r.get("wall_seconds", 0.0) for r in reports)
+    merged["summary"] = summarise(merged)
+    return merged

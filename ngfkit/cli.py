@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     defences.add_argument("--figure", metavar="PATH", default=None,
                           help="also write the ASR vs ACC-drop scatter as a self-contained HTML file")
     _common(defences)
+
+    merge = bench_sub.add_parser("merge", help="merge bench defences reports of one benchmark (e.g. one per job)")
+    merge.add_argument("reports", nargs="+", help="bench defences JSON files")
+    merge.add_argument("--figure", metavar="PATH", default=None, help="also write the ASR vs ACC-drop scatter (HTML)")
+    merge.add_argument("--json", metavar="PATH", default=None, help="write the merged report here")
+    merge.add_argument("--quiet", action="store_true")
+    merge.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     return parser
 
 
@@ -369,6 +376,22 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     from .bench import attack_table, bench_attacks
     from .utils import resolve_device
 
+    if args.bench_command == "merge":
+        from .bench_defences import SETTINGS, defence_table, merge_reports
+
+        if args.figure:
+            _check_output(args.figure, ".html")
+        report = merge_reports(args.reports)
+        for setting in SETTINGS:
+            if any(c["setting"] == setting for c in report["cells"]):
+                print(defence_table(report, setting))
+                print()
+        if args.figure:
+            from .plots import defence_scatter, write_html
+
+            write_html(defence_scatter(report), args.figure)
+            print(f"wrote {args.figure}")
+        return report
     device = resolve_device(args.device)
     if args.bench_command in ("defences", "defenses"):
         from .bench_defences import bench_defences, defence_table

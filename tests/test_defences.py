@@ -189,3 +189,22 @@ def test_bench_defences_cli_rejects_bad_input_in_one_line(capsys, tmp_path):
     assert main(["bench", "defences", "--attacks", "badnets", "--defenses", "ngf", "--json", str(stale),
                  "--quiet"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_merge_joins_reports_of_one_benchmark_and_refuses_others(tmp_path):
+    from ngfkit.bench_defences import merge_reports
+
+    settings = {"holdout": 0.2, "clean_fraction": 0.01, "train": {"epochs": 1}}
+    first, second = {**fake_report(), **settings}, {**fake_report(), **settings}
+    second["cells"] = [{**c, "attack": "wanet"} for c in second["cells"]]
+    second["before"] = [{**b, "attack": "wanet"} for b in second["before"]]
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, report in zip(paths, (first, second)):
+        path.write_text(json.dumps(report))
+    merged = merge_reports(paths + paths[:1])  # a report given twice adds nothing
+    assert len(merged["cells"]) == 16 and len(merged["before"]) == 6
+    assert {r["defense"]: r["cells"] for r in merged["summary"]} == {"ngf": 8, "ft": 8}
+    other = tmp_path / "c.json"
+    other.write_text(json.dumps({**first, "acc_budget": 1.0}))
+    with pytest.raises(NgfkitError, match="other settings"):
+        merge_reports([paths[0], other])
