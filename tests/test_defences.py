@@ -196,13 +196,14 @@ def test_merge_joins_reports_of_one_benchmark_and_refuses_others(tmp_path):
 
     settings = {"holdout": 0.2, "clean_fraction": 0.01, "train": {"epochs": 1}}
     first, second = {**fake_report(), **settings}, {**fake_report(), **settings}
-    second["cells"] = [{**c, "attack": "wanet"} for c in second["cells"]]
-    second["before"] = [{**b, "attack": "wanet"} for b in second["before"]]
+    renamed = {"badnets": "wanet", "blend": "lf"}
+    second["cells"] = [{**c, "attack": renamed[c["attack"]]} for c in second["cells"]]
+    second["before"] = [{**b, "attack": renamed[b["attack"]]} for b in second["before"]]
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
     for path, report in zip(paths, (first, second)):
         path.write_text(json.dumps(report))
     merged = merge_reports(paths + paths[:1])  # a report given twice adds nothing
-    assert len(merged["cells"]) == 16 and len(merged["before"]) == 6
+    assert len(merged["cells"]) == 16 and len(merged["before"]) == 8
     assert {r["defense"]: r["cells"] for r in merged["summary"]} == {"ngf": 8, "ft": 8}
     other = tmp_path / "c.json"
     other.write_text(json.dumps({**first, "acc_budget": 1.0}))
