@@ -96,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="registered datasets, architectures, attacks and defences")
 
+    sharp = sub.add_parser("sharpness", help="top Hessian eigenvalue(s) and trace of a saved model on clean data")
+    sharp.add_argument("--model", required=True, help="a .safetensors checkpoint")
+    sharp.add_argument("--arch", default=None, help="needed only for checkpoints without an ngfkit sidecar")
+    sharp.add_argument("--dataset", default=None, help="needed only for checkpoints without an ngfkit sidecar")
+    sharp.add_argument("--samples", type=int, default=200, help="clean images the loss is averaged over (default 200)")
+    sharp.add_argument("--params", default="all",
+                       help="all, last (the classifier, the layer NGF trains) or comma-separated parameter/layer names")
+    sharp.add_argument("--top-k", type=int, default=1, help="how many of the largest eigenvalues (default 1)")
+    sharp.add_argument("--probes", type=int, default=30, help="Hutch++ probes for the trace; 0 skips it (default 30)")
+    sharp.add_argument("--tol", type=float, default=1e-2, help="relative tolerance of the eigenvalues (default 1e-2)")
+    sharp.add_argument("--split", choices=("clean", "test"), default="clean",
+                       help="the defender's clean split (default) or the test set")
+    sharp.add_argument("--clean-fraction", type=float, default=None,
+                       help="share of the training set used as clean data (default: the checkpoint's, else 0.01)")
+    _common(sharp)
+
     bench = sub.add_parser("bench", help="benchmarks (cached and resumable; JSON out)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     attacks = bench_sub.add_parser("attacks", help="one backdoored model per attack vs a clean model: ACC, ASR, RA, time")
@@ -348,6 +364,30 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
             **_provenance(args, start)}
 
 
+def cmd_sharpness(args: argparse.Namespace) -> dict:
+    from .pipeline import model_from_checkpoint
+    from .sharpness import measure
+    from .utils import resolve_device
+
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    model, _, meta = model_from_checkpoint(args.model, args.arch, args.dataset)
+    dataset = meta.get("dataset") or args.dataset
+    clean, test, fraction = _clean_and_test(meta, dataset, args, args.clean_fraction)
+    data = clean if args.split == "clean" else test
+    if args.samples < 1:
+        raise NgfkitError(f"--samples must be at least 1, got {args.samples}")
+    params = args.params if args.params in ("all", "last") else [p.strip() for p in args.params.split(",") if p.strip()]
+    result = measure(model, data, params=params, samples=min(args.samples, len(data)), k=args.top_k,
+                     probes=args.probes, tol=args.tol, seed=args.seed, device=device)
+    print(f"lambda_max {result['lambda_max']:.4g}  top-{args.top_k} {[round(v, 4) for v in result['top_k']]}"
+          + (f"  trace {result['trace']:.4g} ± {result['trace_std']:.2g}" if result["trace"] is not None else "")
+          + f"  ({result['samples']} {args.split} images, {result['num_params']} parameters, "
+            f"{result['seconds']:.1f} s)")
+    return {"model": args.model, "dataset": dataset, "arch": meta.get("arch") or args.arch, "split": args.split,
+            "clean_fraction": fraction, **result, **_provenance(args, start)}
+
+
 def cmd_list(args: argparse.Namespace) -> dict:
     from .attacks import ATTACKS
     from .data import DATASETS
@@ -421,7 +461,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 
 COMMANDS = {"demo": cmd_demo, "attack": cmd_attack, "purify": cmd_purify, "evaluate": cmd_evaluate,
-            "list": cmd_list, "bench": cmd_bench}
+            "list": cmd_list, "bench": cmd_bench, "sharpness": cmd_sharpness}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

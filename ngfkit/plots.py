@@ -110,3 +110,104 @@ def write_html(figure, path) -> None:
 
     with atomic_path(path) as tmp:
         figure.write_html(str(tmp), include_plotlyjs=True, full_html=True)
+
+
+# -- sharpness and loss landscapes (ngfkit.sharpness, ngfkit.landscape) ----------------------
+def spectrum_figure(density: dict, *, title: str | None = None):
+    """The eigenvalue density from :func:`ngfkit.sharpness.spectral_density`, on a log y axis
+    (a Hessian's bulk near 0 and its few outliers differ by orders of magnitude)."""
+    import plotly.graph_objects as go
+
+    if not density.get("grid") or len(density["grid"]) != len(density.get("density", [])):
+        raise NgfkitError("spectrum_figure needs a spectral_density result (grid and density of equal length)")
+    values = torch.as_tensor(density["density"], dtype=torch.float64)
+    # a log axis cannot show 0: floor at 1e-10 of the peak (the Gaussian tails underflow to 0)
+    floor = float(values.max()) * 1e-10 if float(values.max()) > 0 else 1e-300
+    curvature = {"hessian": "Hessian", "ggn": "GGN"}.get(density.get("curvature"), "curvature")
+    figure = go.Figure(go.Scatter(
+        x=density["grid"], y=values.clamp_min(floor).tolist(), mode="lines", name="density",
+        hovertemplate="λ = %{x:.4g}<br>p(λ) = %{y:.3g}<extra></extra>"))
+    params = density.get("params", "all")
+    params = params if isinstance(params, str) else ", ".join(params)
+    figure.update_layout(
+        title=title or (f"{curvature} eigenvalue density ({params} parameters, {density.get('samples', '?')} samples; "
+                        f"SLQ, {density.get('runs', '?')} × {density.get('lanczos_steps', '?')} Lanczos steps)"),
+        xaxis_title=f"eigenvalue λ of the {curvature} of the mean cross-entropy (nats per unit weight²)",
+        yaxis_title="spectral density p(λ) (per unit λ, log scale)", yaxis_type="log",
+        template="plotly_white", height=420)
+    return figure
+
+
+def _loss_axis_title(result: dict) -> str:
+    if result.get("kind") == "interpolation":
+        return "α along the line θ(α) = (1 − α) θ_A + α θ_B (0 = model A, 1 = model B)"
+    return "α: step along the filter-normalised direction (in units of each filter's norm)"
+
+
+def landscape_1d_figure(results, names: Sequence[str] | None = None, *, title: str | None = None):
+    """Loss curves from :func:`ngfkit.landscape.loss_slice_1d` or :func:`~ngfkit.landscape.interpolate`:
+    clean loss solid, triggered-data loss dashed; ``results`` is one result or a list of them
+    (e.g. the backdoored and the purified model), labelled with ``names``."""
+    import plotly.graph_objects as go
+
+    results = [results] if isinstance(results, dict) else list(results)
+    if not results or any("alphas" not in r or "clean_loss" not in r for r in results):
+        raise NgfkitError("landscape_1d_figure needs loss_slice_1d or interpolate results")
+    if names is None:
+        names = [""] if len(results) == 1 else [f"#{i + 1}" for i in range(len(results))]
+    names = list(names)
+    if len(names) != len(results):
+        raise NgfkitError(f"landscape_1d_figure got {len(results)} results but {len(names)} names")
+    figure = go.Figure()
+    for i, (result, name) in enumerate(zip(results, names)):
+        colour = f"hsl({(i * 137) % 360}, 65%, 45%)"
+        prefix = f"{name}: " if name else ""
+        figure.add_trace(go.Scatter(x=result["alphas"], y=result["clean_loss"], mode="lines+markers",
+                                    name=f"{prefix}clean loss", line={"color": colour},
+                                    customdata=[[100 * a] for a in result["clean_acc"]],
+                                    hovertemplate="α = %{x:.3g}<br>clean loss %{y:.4g} nats<br>"
+                                                  "clean accuracy %{customdata[0]:.1f} %<extra></extra>"))
+        if "triggered_loss" in result:
+            figure.add_trace(go.Scatter(x=result["alphas"], y=result["triggered_loss"], mode="lines+markers",
+                                        name=f"{prefix}triggered loss", line={"color": colour, "dash": "dash"},
+                                        customdata=[[100 * a] for a in result["asr"]],
+                                        hovertemplate="α = %{x:.3g}<br>triggered loss %{y:.4g} nats<br>"
+                                                      "ASR %{customdata[0]:.1f} %<extra></extra>"))
+    kind = "interpolation" if results[0].get("kind") == "interpolation" else "1-D slice"
+    figure.update_layout(title=title or f"Loss landscape, {kind} ({results[0].get('samples', '?')} clean samples)",
+                         xaxis_title=_loss_axis_title(results[0]), yaxis_title="mean cross-entropy loss (nats)",
+                         template="plotly_white", height=440)
+    return figure
+
+
+def landscape_2d_figure(result: dict, *, which: str = "clean", kind: str = "contour", title: str | None = None):
+    """The loss over a 2-D slice from :func:`ngfkit.landscape.loss_slice_2d`: ``which`` is
+    ``"clean"`` or ``"triggered"``, ``kind`` is ``"contour"`` (filled contours) or ``"surface"`` (3-D)."""
+    import plotly.graph_objects as go
+
+    key = {"clean": "clean_loss", "triggered": "triggered_loss"}.get(which)
+    if key is None:
+        raise NgfkitError(f"which must be clean or triggered, got {which!r}")
+    if "betas" not in result:
+        raise NgfkitError("landscape_2d_figure needs a loss_slice_2d result")
+    if key not in result:
+        raise NgfkitError("the slice has no triggered loss; compute it with attack=...")
+    z, x, y = result[key], result["alphas"], result["betas"]
+    label = f"{which} loss (nats)"
+    hover = "α = %{x:.3g}<br>β = %{y:.3g}<br>" + which + " loss %{z:.4g} nats<extra></extra>"
+    if kind == "contour":
+        trace = go.Contour(x=x, y=y, z=z, colorscale="Viridis", colorbar={"title": label}, hovertemplate=hover)
+    elif kind == "surface":
+        trace = go.Surface(x=x, y=y, z=z, colorscale="Viridis", colorbar={"title": label}, hovertemplate=hover)
+    else:
+        raise NgfkitError(f"kind must be contour or surface, got {kind!r}")
+    figure = go.Figure(trace)
+    axis_x, axis_y = "α along direction d1 (filter-normalised)", "β along direction d2 (filter-normalised)"
+    samples = result.get("samples", "?")
+    figure.update_layout(title=title or f"Loss landscape, 2-D slice: {which} loss ({samples} clean samples)",
+                         template="plotly_white", height=520)
+    if kind == "contour":
+        figure.update_layout(xaxis_title=axis_x, yaxis_title=axis_y)
+    else:
+        figure.update_layout(scene={"xaxis_title": axis_x, "yaxis_title": axis_y, "zaxis_title": label})
+    return figure
