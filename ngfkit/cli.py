@@ -150,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also write the ASR vs ACC-drop scatter as a self-contained HTML file")
     _common(defences)
 
+    sharp_bench = bench_sub.add_parser(
+        "sharpness", help="λmax and trace of benign vs backdoored models over training lengths and seeds, and after NGF")
+    sharp_bench.add_argument("--dataset", default="fashion-mnist")
+    sharp_bench.add_argument("--arch", default=None)
+    sharp_bench.add_argument("--kinds", default="clean,badnets", help="'clean' and/or attack names (default clean,badnets)")
+    sharp_bench.add_argument("--epochs", default="3,10,30", help="training lengths, comma-separated (default 3,10,30)")
+    sharp_bench.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    sharp_bench.add_argument("--train-lr", type=float, default=0.1, help="training learning rate (default 0.1, the paper's)")
+    sharp_bench.add_argument("--samples", type=int, default=200, help="clean images per measurement (default 200)")
+    sharp_bench.add_argument("--probes", type=int, default=30, help="Hutch++ probes for the trace (default 30)")
+    sharp_bench.add_argument("--no-purify", action="store_true", help="skip the measurement after NGF")
+    sharp_bench.add_argument("--clean-fraction", type=float, default=0.01)
+    _common(sharp_bench)
+
     merge = bench_sub.add_parser("merge", help="merge bench defences reports of one benchmark (e.g. one per job)")
     merge.add_argument("reports", nargs="+", help="bench defences JSON files")
     merge.add_argument("--figure", metavar="PATH", default=None, help="also write the ASR vs ACC-drop scatter (HTML)")
@@ -433,6 +447,20 @@ def cmd_bench(args: argparse.Namespace) -> dict:
             print(f"wrote {args.figure}")
         return report
     device = resolve_device(args.device)
+    if args.bench_command == "sharpness":
+        from .bench_sharpness import bench_sharpness, sharpness_table
+
+        try:
+            epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
+        except ValueError:
+            raise NgfkitError(f"--epochs takes whole numbers separated by commas, got {args.epochs!r}") from None
+        report = bench_sharpness(args.dataset, args.arch, [k.strip() for k in args.kinds.split(",") if k.strip()],
+                                 epochs=epochs, seeds=args.seeds, train_lr=args.train_lr, samples=args.samples,
+                                 probes=args.probes, purify_with=None if args.no_purify else "ngf",
+                                 clean_fraction=args.clean_fraction, device=device, progress=not args.quiet,
+                                 json_path=args.json, data_root=args.data_root, download=args.download)
+        print(sharpness_table(report))
+        return report
     if args.bench_command in ("defences", "defenses"):
         from .bench_defences import bench_defences, defence_table
 

@@ -1,0 +1,138 @@
+"""``ngfkit bench sharpness``: is a backdoored model in a sharper minimum than a benign one?
+
+For each training length, seed and model kind (``clean`` or an attack), the model comes from the
+model cache (or is trained now), its top Hessian eigenvalue and Hessian trace are measured on
+clean images of the defender's split, and backdoored models are measured again after NGF. Each
+row is written to the JSON report as soon as it is done, so a killed run resumes.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .attacks import ATTACKS
+from .defences import purify
+from .errors import NgfkitError
+from .metrics import evaluate
+from .pipeline import Experiment, load_or_train, load_splits
+from .sharpness import measure
+from .train import TrainConfig
+from .utils import versions, write_json
+
+#: the paper's backdoor-training recipe (SGD lr 0.1, momentum 0.9, weight decay 5e-4), cosine schedule
+PAPER_LR = 0.1
+
+
+def _settings(report: dict) -> dict:
+    return {k: report.get(k) for k in ("dataset", "arch", "train_lr", "samples", "probes", "clean_fraction")}
+
+
+def bench_sharpness(dataset: str = "fashion-mnist", arch: str | None = None, kinds: Sequence[str] = ("clean", "badnets"),
+                    *, epochs: Sequence[int] = (3, 10, 30), seeds: int = 3, train_lr: float = PAPER_LR,
+                    samples: int = 200, probes: int = 30, purify_with: str | None = "ngf",
+                    clean_fraction: float = 0.01, device: torch.device | str = "cpu", progress: bool = True,
+                    json_path: str | Path | None = None, data_root=None, download: bool = False) -> dict[str, Any]:
+    """Rows ``{"kind", "epochs", "seed", "acc", "asr", "lambda_max", "trace", "trace_std", ...}``
+    (plus ``"purified"`` with the same measurements after ``purify_with``), and a summary with
+    mean ± std per (kind, epochs) and the backdoor / benign ratio of λmax and trace."""
+    unknown = [k for k in kinds if k != "clean" and k not in ATTACKS.names()]
+    if unknown:
+        raise NgfkitError(f"unknown model kind {unknown[0]!r}; use 'clean' or an attack from: {', '.join(ATTACKS.names())}")
+    if not epochs or min(epochs) < 1 or seeds < 1 or samples < 1:
+        raise NgfkitError("--epochs, --seeds and --samples must all be at least 1")
+    report: dict[str, Any] = {"dataset": dataset, "arch": None, "train_lr": train_lr, "samples": samples,
+                              "probes": probes, "clean_fraction": clean_fraction}
+    report["arch"] = Experiment(dataset=dataset, arch=arch).arch
+    previous = None
+    if json_path and Path(json_path).is_file():
+        previous = json.loads(Path(json_path).read_text())
+        if _settings(previous) != _settings(report):
+            raise NgfkitError(f"{json_path} holds results made with other settings; pick another --json or delete it")
+    report.update({"rows": (previous or {}).get("rows", []), "purify_with": purify_with, "device": str(device),
+                   "versions": versions()})
+    done = {(r["kind"], r["epochs"], r["seed"]) for r in report["rows"]}
+    start = time.perf_counter()
+    for seed in range(seeds):
+        splits = None
+        for n_epochs in epochs:
+            for kind in kinds:
+                if (kind, n_epochs, seed) in done:
+                    continue
+                exp = Experiment(dataset=dataset, arch=arch, attack=None if kind == "clean" else kind,
+                                 clean_fraction=clean_fraction, seed=seed,
+                                 train=TrainConfig(epochs=n_epochs, lr=train_lr))
+                splits = splits or load_splits(exp, data_root, download)
+                trained = load_or_train(exp, splits, device=device, progress=progress)
+                row = {"kind": kind, "epochs": n_epochs, "seed": seed,
+                       **evaluate(trained.model, splits.test, trained.attack, device=device),
+                       **_sharpness(trained.model, splits.clean, samples, probes, seed, device)}
+                if trained.attack is not None and purify_with:
+                    purified, history = purify(trained.model, splits.clean, purify_with, device=device,
+                                               progress=False, seed=seed)
+                    row["purified"] = {"defense": purify_with, "chosen": history.get("chosen"),
+                                       **evaluate(purified, splits.test, trained.attack, device=device),
+                                       **_sharpness(purified, splits.clean, samples, probes, seed, device)}
+                report["rows"].append(row)
+                report["summary"] = summarise(report)
+                report["wall_seconds"] = time.perf_counter() - start + (previous or {}).get("wall_seconds", 0.0)
+                if json_path:
+                    write_json(json_path, report)
+                if progress:
+                    tqdm.write(f"{kind:10s} {n_epochs:3d} epochs seed {seed}: acc {row['acc']:6.2f}  "
+                               f"lambda_max {row['lambda_max']:8.3f}  trace {row['trace']:9.2f}"
+                               + (f"  -> after {purify_with}: lambda_max {row['purified']['lambda_max']:8.3f}"
+                                  if "purified" in row else ""))
+    report["summary"] = summarise(report)
+    if json_path:
+        write_json(json_path, report)
+    return report
+
+
+def _sharpness(model, clean, samples: int, probes: int, seed: int, device) -> dict[str, Any]:
+    result = measure(model, clean, samples=min(samples, len(clean)), probes=probes, seed=seed, device=device)
+    return {k: result[k] for k in ("lambda_max", "trace", "trace_std", "loss", "samples", "seconds")}
+
+
+def _mean_std(values: list[float]) -> list[float]:
+    return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+
+def summarise(report: dict) -> list[dict]:
+    """Mean ± std of λmax and trace per (kind, epochs), with the ratio to the benign models'."""
+    rows = report["rows"]
+    out = []
+    for n_epochs in sorted({r["epochs"] for r in rows}):
+        benign = [r for r in rows if r["kind"] == "clean" and r["epochs"] == n_epochs]
+        for kind in sorted({r["kind"] for r in rows if r["epochs"] == n_epochs}, key=lambda k: (k != "clean", k)):
+            group = [r for r in rows if r["kind"] == kind and r["epochs"] == n_epochs]
+            entry: dict[str, Any] = {"kind": kind, "epochs": n_epochs, "seeds": len(group)}
+            for field in ("lambda_max", "trace", "acc"):
+                entry[field] = _mean_std([r[field] for r in group])
+            if benign and kind != "clean":
+                for field in ("lambda_max", "trace"):
+                    entry[f"{field}_ratio"] = entry[field][0] / statistics.fmean(r[field] for r in benign)
+            purified = [r["purified"] for r in group if "purified" in r]
+            if purified:
+                entry["purified"] = {f: _mean_std([p[f] for p in purified]) for f in ("lambda_max", "trace", "acc", "asr")}
+            out.append(entry)
+    return out
+
+
+def sharpness_table(report: dict) -> str:
+    lines = [f"{report['dataset']}, {report['arch']}, train lr {report['train_lr']}, {report['samples']} clean images",
+             "", "| model | epochs | seeds | C-ACC % | λmax | trace | λmax ratio to benign | λmax after NGF |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in report.get("summary") or summarise(report):
+        after = e.get("purified", {}).get("lambda_max")
+        ratio = e.get("lambda_max_ratio")
+        lines.append(f"| {e['kind']} | {e['epochs']} | {e['seeds']} | {e['acc'][0]:.2f} | "
+                     f"{e['lambda_max'][0]:.2f} ± {e['lambda_max'][1]:.2f} | {e['trace'][0]:.1f} ± {e['trace'][1]:.1f} | "
+                     f"{'–' if ratio is None else f'{ratio:.2f}'} | "
+                     f"{'–' if after is None else f'{after[0]:.2f} ± {after[1]:.2f}'} |")
+    return "\n".join(lines)
