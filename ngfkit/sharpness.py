@@ -32,11 +32,11 @@ import warnings
 import numpy as np
 import torch
 
-with warnings.catch_warnings():
-    # curvlinops scripts a helper with torch.jit at import; the deprecation notice is not ours to act on
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-    from curvlinops import GGNLinearOperator, HessianLinearOperator
-    from curvlinops._torch_base import CurvatureLinearOperator
+# curvlinops scripts helpers with torch.jit (at import and at first use); the deprecation notice
+# is not ours to act on and would only confuse a user of `ngfkit sharpness`
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+from curvlinops import GGNLinearOperator, HessianLinearOperator  # noqa: E402
+from curvlinops._torch_base import CurvatureLinearOperator  # noqa: E402
 from torch import Tensor, nn
 
 from .errors import NgfkitError
