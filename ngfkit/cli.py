@@ -426,25 +426,32 @@ def _defence_params(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _show_defence_report(report: dict, settings: Sequence[str], figure: str | None) -> None:
+    """Print a bench defences report's tables, one per setting, and write its scatter if asked."""
+    from .bench_defences import defence_table
+
+    for setting in settings:
+        print(defence_table(report, setting))
+        print()
+    if figure:
+        from .plots import defence_scatter, write_html
+
+        write_html(defence_scatter(report), figure)
+        print(f"wrote {figure}")
+
+
 def cmd_bench(args: argparse.Namespace) -> dict:
     from .bench import attack_table, bench_attacks
     from .utils import resolve_device
 
     if args.bench_command == "merge":
-        from .bench_defences import SETTINGS, defence_table, merge_reports
+        from .bench_defences import SETTINGS, merge_reports
 
         if args.figure:
             _check_output(args.figure, ".html")
         report = merge_reports(args.reports)
-        for setting in SETTINGS:
-            if any(c["setting"] == setting for c in report["cells"]):
-                print(defence_table(report, setting))
-                print()
-        if args.figure:
-            from .plots import defence_scatter, write_html
-
-            write_html(defence_scatter(report), args.figure)
-            print(f"wrote {args.figure}")
+        _show_defence_report(report, [s for s in SETTINGS if any(c["setting"] == s for c in report["cells"])],
+                             args.figure)
         return report
     device = resolve_device(args.device)
     if args.bench_command == "sharpness":
@@ -462,7 +469,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         print(sharpness_table(report))
         return report
     if args.bench_command in ("defences", "defenses"):
-        from .bench_defences import bench_defences, defence_table
+        from .bench_defences import bench_defences
 
         if args.figure:
             _check_output(args.figure, ".html")
@@ -472,14 +479,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
                                 train=_train_config(args), clean_fraction=args.clean_fraction, device=device,
                                 progress=not args.quiet, json_path=args.json, data_root=args.data_root,
                                 download=args.download, defence_options=_defence_params(args.defense_param))
-        for setting in settings:
-            print(defence_table(report, setting))
-            print()
-        if args.figure:
-            from .plots import defence_scatter, write_html
-
-            write_html(defence_scatter(report), args.figure)
-            print(f"wrote {args.figure}")
+        _show_defence_report(report, settings, args.figure)
         return report
     report = bench_attacks(args.dataset, args.arch, args.attacks, seed=args.seed, train=_train_config(args),
                            clean_fraction=args.clean_fraction, device=device, progress=not args.quiet,
