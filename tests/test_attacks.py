@@ -9,12 +9,9 @@ from ngfkit.attacks import ATTACKS, Attack, PoisonedDataset, create_attack
 from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
 from ngfkit.errors import NgfkitError
 from errors_helper import one_line_error
+from image_helpers import rand_images
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
-
-
-def rand_images(n: int, shape, seed: int = 0) -> torch.Tensor:
-    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def uint8_dataset(labels, info=FASHION_MNIST, seed: int = 0) -> ImageTensorDataset:

@@ -13,14 +13,11 @@ from ngfkit.attacks import Attack, TriggerContext, create_attack
 from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
 from ngfkit.models import smallcnn
 from errors_helper import one_line_error
+from image_helpers import rand_images
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 SHAPE_IDS = ["1x28x28", "3x32x32"]
 INFOS = {(1, 28, 28): FASHION_MNIST, (3, 32, 32): CIFAR10}
-
-
-def rand_images(n: int, shape, seed: int = 0) -> torch.Tensor:
-    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def tiny_dataset(shape, n: int = 60, seed: int = 0) -> ImageTensorDataset:

@@ -8,24 +8,13 @@ import pytest
 import torch
 
 from ngfkit.attacks import Attack, TriggerContext, create_attack
-from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
 from ngfkit.models import smallcnn
 from errors_helper import one_line_error
+from image_helpers import rand_images, uint8_dataset
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 SHAPE_IDS = ["1x28x28", "3x32x32"]
 TINY = {"steps": 4, "batch_size": 8, "width": 4, "bits": 8}
-
-
-def rand_images(n: int, shape, seed: int = 0) -> torch.Tensor:
-    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
-
-
-def uint8_dataset(n: int, shape, seed: int = 0) -> ImageTensorDataset:
-    info = FASHION_MNIST if tuple(shape) == FASHION_MNIST.image_shape else CIFAR10
-    images = torch.randint(0, 256, (n, *info.image_shape), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(seed))
-    return ImageTensorDataset(images, torch.arange(n) % 10, info)
 
 
 def tiny_context(shape, seed: int = 0) -> TriggerContext:

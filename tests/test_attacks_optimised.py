@@ -13,16 +13,13 @@ from ngfkit.attacks.optimised import low_frequency_window, low_pass, trojan_laye
 from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
 from ngfkit.models import Classifier, Normalize, smallcnn
 from errors_helper import one_line_error
+from image_helpers import rand_images
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 SHAPE_IDS = ["1x28x28", "3x32x32"]
 INFOS = {(1, 28, 28): FASHION_MNIST, (3, 32, 32): CIFAR10}
 FAST = {"trojan-one": {"steps": 4, "batch_size": 8}, "trojan-all": {"steps": 4, "batch_size": 8},
         "lf": {"steps": 4, "batch_size": 8}}
-
-
-def rand_images(n: int, shape, seed: int = 0) -> torch.Tensor:
-    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def tiny_dataset(shape, n: int = 40, seed: int = 0) -> ImageTensorDataset:

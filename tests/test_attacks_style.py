@@ -10,15 +10,12 @@ import torch
 from ngfkit.attacks import Attack, create_attack
 from ngfkit.data import FASHION_MNIST, ImageTensorDataset
 from ngfkit.errors import NgfkitError
+from image_helpers import rand_images
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 IDS = ["1x28x28", "3x32x32"]
 #: every part of the filter switched off; tests switch on one at a time
 PLAIN = {"gamma": 1.0, "lift": 0.0, "warmth": 0.0, "vignette": 0.0, "emboss": 0.0}
-
-
-def rand_images(n: int, shape, seed: int = 0) -> torch.Tensor:
-    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)

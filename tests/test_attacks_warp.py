@@ -11,13 +11,10 @@ from ngfkit.attacks import Attack, create_attack
 from ngfkit.attacks.warp import _identity_grid, _warp
 from ngfkit.data import CIFAR10, FASHION_MNIST, ImageTensorDataset
 from ngfkit.errors import NgfkitError
+from image_helpers import rand_images
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 IDS = ["1x28x28", "3x32x32"]
-
-
-def rand_images(n: int, shape, seed: int = 0) -> torch.Tensor:
-    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def smooth_images(n: int, shape, seed: int = 0) -> torch.Tensor:
