@@ -6,6 +6,7 @@ finished cell free on the next run; the JSON report is rewritten atomically afte
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -110,3 +111,20 @@ def attack_table(report: dict[str, Any]) -> str:
         lines.append(f"| {row['attack']} | {row['acc']:.2f} | {row['acc_drop']:+.2f} | {row['asr']:.2f} | "
                      f"{row['ra']:.2f} | {verdict} | {row['seconds']:.0f} |")
     return "\n".join(lines)
+
+
+def load_previous_report(json_path: str | Path | None, settings: dict) -> dict | None:
+    """The report already at ``json_path`` (to resume from), checked to have been made with
+    ``settings``; ``None`` if there is none yet."""
+    if not json_path or not Path(json_path).is_file():
+        return None
+    try:
+        previous = json.loads(Path(json_path).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise NgfkitError(f"{json_path} exists but is not a readable bench report; move it away or pick another "
+                          f"--json") from None
+    changed = [k for k in settings if previous.get(k) != settings[k]]
+    if changed:
+        raise NgfkitError(f"{json_path} holds results made with other settings ({', '.join(changed)}); "
+                          f"pick another --json to start a new benchmark or delete it")
+    return previous

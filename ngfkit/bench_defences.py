@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import ATTACKS
-from .bench import PAPER_ATTACKS, parse_names
+from .bench import PAPER_ATTACKS, load_previous_report, parse_names
 from .defences import DEFENCES, purify
 from .defences.selection import select_and_purify
 from .errors import NgfkitError
@@ -51,21 +51,6 @@ def _only_head_changed(before: nn.Module, after: nn.Module) -> bool:
 
 def _settings_of(report: dict) -> dict:
     return {k: report.get(k) for k in ("dataset", "arch", "acc_budget", "holdout", "clean_fraction", "train")}
-
-
-def _load_previous(json_path: str | Path | None, settings: dict) -> dict | None:
-    if not json_path or not Path(json_path).is_file():
-        return None
-    try:
-        previous = json.loads(Path(json_path).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise NgfkitError(f"{json_path} exists but is not a readable bench report; move it away or pick another "
-                          f"--json") from None
-    if _settings_of(previous) != settings:
-        changed = [k for k in settings if previous.get(k) != settings[k]]
-        raise NgfkitError(f"{json_path} holds results made with other settings ({', '.join(changed)}); "
-                          f"pick another --json to start a new benchmark or delete it")
-    return previous
 
 
 def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, attacks: str | Sequence[str] = "all",
@@ -101,7 +86,7 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
     first = Experiment(dataset=dataset, arch=arch, attack=attack_names[0], clean_fraction=clean_fraction,
                        seed=seed_list[0], train=train)
     report["arch"] = first.arch
-    previous = _load_previous(json_path, _settings_of(report))
+    previous = load_previous_report(json_path, _settings_of(report))
     report.update({"cells": [], "before": [], "seeds": seed_list, "device": str(device), "versions": versions(),
                    "defence_options": defence_options})
     if previous:

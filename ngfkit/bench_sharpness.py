@@ -7,7 +7,6 @@ row is written to the JSON report as soon as it is done, so a killed run resumes
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attacks import ATTACKS
+from .bench import load_previous_report
 from .defences import purify
 from .errors import NgfkitError
 from .metrics import evaluate
@@ -49,11 +49,7 @@ def bench_sharpness(dataset: str = "fashion-mnist", arch: str | None = None, kin
     report: dict[str, Any] = {"dataset": dataset, "arch": None, "train_lr": train_lr, "samples": samples,
                               "probes": probes, "clean_fraction": clean_fraction}
     report["arch"] = Experiment(dataset=dataset, arch=arch).arch
-    previous = None
-    if json_path and Path(json_path).is_file():
-        previous = json.loads(Path(json_path).read_text())
-        if _settings(previous) != _settings(report):
-            raise NgfkitError(f"{json_path} holds results made with other settings; pick another --json or delete it")
+    previous = load_previous_report(json_path, _settings(report))
     report.update({"rows": (previous or {}).get("rows", []), "purify_with": purify_with, "device": str(device),
                    "versions": versions()})
     done = {(r["kind"], r["epochs"], r["seed"]) for r in report["rows"]}
