@@ -1,0 +1,113 @@
+"""Helpers the book's chapters share: notebook set-up and the Sphinx hook that ships plotly.js.
+
+A chapter starts with ``device = setup_notebook(device)``. Plotly figures then carry two
+representations: plotly's own mime type (drawn by JupyterLab, Notebook 7 and VS Code) and a
+``text/html`` div without the library, drawn in the built book by the copy of ``plotly.min.js``
+that :func:`setup` (the Sphinx extension) puts into ``_static``. jupyter-book 1.x drops
+plotly's mime type, so without the second representation the HTML book would show no figure;
+and without a local ``plotly.min.js`` it would need the network.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from .utils import resolve_device
+
+RENDERER = "ngfkit_book"
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def _register_renderer() -> None:
+    import plotly.io as pio
+    from plotly.io.base_renderers import MimetypeRenderer
+
+    class StaticHtmlRenderer(MimetypeRenderer):
+        """``text/html`` that expects ``window.Plotly`` to be loaded by the page."""
+
+        def to_mimebundle(self, fig_dict):
+            html = pio.to_html(fig_dict, include_plotlyjs=False, full_html=False, config={"responsive": True})
+            return {"text/html": html}
+
+    pio.renderers[RENDERER] = StaticHtmlRenderer()
+
+
+def setup_notebook(device: str | torch.device = "auto") -> torch.device:
+    """Configure plotly for Jupyter, Colab and the built book; return the resolved device.
+
+    Colab draws plotly with its own renderer (it loads plotly.js itself); everywhere else a
+    figure carries both plotly's mime type and a library-free HTML div.
+    """
+    import plotly.io as pio
+
+    if in_colab():
+        pio.renderers.default = "colab"
+    else:
+        _register_renderer()
+        pio.renderers.default = f"plotly_mimetype+{RENDERER}"
+    return resolve_device(device)
+
+
+class _MimeBundle:
+    """An object IPython (and so ``myst_nb.glue``) displays as a fixed mime bundle."""
+
+    def __init__(self, bundle: dict):
+        self.bundle = bundle
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.bundle
+
+
+def figure_bundle(fig) -> dict:
+    """The mime bundle of a plotly figure under the active renderers (see :func:`setup_notebook`)."""
+    import plotly.io as pio
+
+    fig_dict = fig.to_dict() if hasattr(fig, "to_dict") else fig
+    bundle: dict = {}
+    for name in (pio.renderers.default or "plotly_mimetype").split("+"):
+        renderer = pio.renderers[name]
+        if hasattr(renderer, "to_mimebundle"):
+            bundle.update(renderer.to_mimebundle(fig_dict))
+    return bundle
+
+
+def glue_figure(name: str, fig, display: bool = True) -> None:
+    """``myst_nb.glue`` for a plotly figure, so a ``{glue:figure}`` directive can caption it.
+
+    Plotly figures display themselves rather than returning a mime bundle, which leaves
+    ``glue`` with nothing to store; this hands it the bundle explicitly.
+    """
+    from myst_nb import glue
+
+    glue(name, _MimeBundle(figure_bundle(fig)), display=display)
+
+
+def plotly_js_path() -> Path:
+    """The ``plotly.min.js`` bundled with the installed plotly package."""
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall plotly (pip install --force-reinstall plotly)")
+    return path
+
+
+def setup(app):
+    """Sphinx extension (``sphinx: extra_extensions: [ngfkit.book]``): load plotly.js from
+    ``_static`` on every page, copied from the installed plotly package after the build."""
+    app.add_js_file("plotly.min.js")
+
+    def copy_plotly(app, exception):
+        if exception is None and app.builder.format == "html":
+            static = Path(app.outdir) / "_static"
+            static.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(plotly_js_path(), static / "plotly.min.js")
+
+    app.connect("build-finished", copy_plotly)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
