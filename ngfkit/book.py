@@ -98,10 +98,26 @@ def plotly_js_path() -> Path:
     return path
 
 
+def local_widget_manager(confdir: str | Path) -> Path:
+    """Where ``scripts/fetch_widget_manager.py`` puts the ipywidgets HTML manager."""
+    return Path(confdir) / "_static" / "html-manager" / "embed.js"
+
+
 def setup(app):
-    """Sphinx extension (``sphinx: extra_extensions: [ngfkit.book]``): load plotly.js from
-    ``_static`` on every page, copied from the installed plotly package after the build."""
+    """Sphinx extension (``sphinx: extra_extensions: [ngfkit.book]``).
+
+    Loads plotly.js from ``_static`` on every page, copied from the installed plotly package
+    after the build. When the ipywidgets HTML manager was fetched into ``_static`` (jupyter-book
+    then loads it on every page), myst-nb's CDN copies of require.js and the manager are
+    switched off, so embedded widget state renders offline.
+    """
     app.add_js_file("plotly.min.js")
+
+    def use_local_widget_manager(app, config):
+        if local_widget_manager(app.confdir).is_file():
+            config.nb_ipywidgets_js = {}
+
+    app.connect("config-inited", use_local_widget_manager)
 
     def copy_plotly(app, exception):
         if exception is None and app.builder.format == "html":
