@@ -63,6 +63,9 @@ class _MimeBundle:
     def _repr_mimebundle_(self, include=None, exclude=None):
         return self.bundle
 
+    def __repr__(self) -> str:
+        return "<plotly figure>"
+
 
 def figure_bundle(fig) -> dict:
     """The mime bundle of a plotly figure under the active renderers (see :func:`setup_notebook`)."""
@@ -86,6 +89,32 @@ def glue_figure(name: str, fig, display: bool = True) -> None:
     from myst_nb import glue
 
     glue(name, _MimeBundle(figure_bundle(fig)), display=display)
+
+
+REPOSITORY_RAW = "https://raw.githubusercontent.com/ngfkit/ngfkit/main"
+
+
+def results_file(name: str, results_dir: str | Path | None = None) -> Path:
+    """A report shipped in the repository's ``results/``: from ``results_dir`` when given, else
+    next to the working directory or the package checkout; in Colab (installed without the
+    repository) it is downloaded from GitHub into ``./results``."""
+    from .errors import NgfkitError
+
+    candidates = [Path(results_dir) / name] if results_dir else []
+    candidates += [Path("results") / name, Path("..") / "results" / name,
+                   Path(__file__).resolve().parent.parent / "results" / name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    if in_colab():
+        import urllib.request
+
+        target = Path("results") / name
+        target.parent.mkdir(exist_ok=True)
+        urllib.request.urlretrieve(f"{REPOSITORY_RAW}/results/{name}", target)
+        return target
+    raise NgfkitError(f"report {name!r} not found in {', '.join(str(p.parent) for p in candidates)}; "
+                      f"run from a clone of the repository or pass results_dir")
 
 
 def plotly_js_path() -> Path:

@@ -44,6 +44,10 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per channel, for the model's Normalize layer
     std: tuple[float, ...]
     default_arch: str
+    class_names: tuple[str, ...] | None = None  # for figures; None: classes are shown by index
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if self.class_names else str(index)
 
 
 IndexLike = Union[Tensor, Sequence[int], np.ndarray, range]
@@ -357,6 +361,8 @@ FASHION_MNIST = DatasetInfo(
     mean=(0.2860,),
     std=(0.3530,),
     default_arch="smallcnn",
+    class_names=("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                 "ankle boot"),
 )
 _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -450,6 +456,7 @@ CIFAR10 = DatasetInfo(
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
     default_arch="preact-resnet18",
+    class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
 )
 _CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 _CIFAR_FIX = "delete cifar-10-batches-py and download it again (--download)"

@@ -104,6 +104,43 @@ def defence_scatter(report: dict, setting: str = "selected"):
     return figure
 
 
+def defence_heatmap(report: dict, setting: str = "selected", metric: str = "asr"):
+    """Attack × defence heatmap of ``metric`` (``asr``, ``acc_drop``, ``ra`` …) after each defence,
+    mean over seeds, with the undefended model's value in the first column where it exists."""
+    import plotly.graph_objects as go
+
+    cells = [c for c in report["cells"] if c["setting"] == setting]
+    if not cells:
+        raise NgfkitError(f"the report has no cells with setting {setting!r}")
+    if metric not in cells[0]:
+        raise NgfkitError(f"unknown metric {metric!r}; use one of {', '.join(k for k in cells[0] if k != 'choice')}")
+    attacks = list(dict.fromkeys(c["attack"] for c in cells))
+    defences = list(dict.fromkeys(c["defense"] for c in cells))
+
+    def mean(values):
+        return sum(values) / len(values) if values else None
+
+    columns, grid = [], []
+    if metric in ("asr", "ra", "acc") and report.get("before"):
+        columns.append("no defence")
+        grid.append([mean([b[metric] for b in report["before"] if b["attack"] == a]) for a in attacks])
+    for d in defences:
+        columns.append(d)
+        grid.append([mean([c[metric] for c in cells if c["attack"] == a and c["defense"] == d]) for a in attacks])
+    z = [[grid[j][i] for j in range(len(columns))] for i in range(len(attacks))]  # rows: attacks
+    labels = {"asr": "attack success rate (%)", "ra": "robust accuracy (%)", "acc": "clean accuracy (%)",
+              "acc_drop": "clean-accuracy drop (points)", "der": "defence effectiveness rating (%)"}
+    title = labels.get(metric, metric)
+    figure = go.Figure(go.Heatmap(
+        z=z, x=columns, y=attacks, colorscale="Reds" if metric in ("asr", "acc_drop") else "Greens",
+        colorbar={"title": {"text": title}}, texttemplate="%{z:.0f}", hoverongaps=False,
+        hovertemplate="%{y} / %{x}: %{z:.1f}<extra></extra>"))
+    figure.update_layout(title=f"{title} per attack and defence ({report['dataset']}, {report['arch']})",
+                         xaxis_title="defence", yaxis_title="attack", yaxis_autorange="reversed",
+                         template="plotly_white", height=120 + 32 * len(attacks))
+    return figure
+
+
 def write_html(figure, path) -> None:
     """A self-contained HTML file (plotly.js embedded: it opens without network), written atomically."""
     from .utils import atomic_path
@@ -211,3 +248,39 @@ def landscape_2d_figure(result: dict, *, which: str = "clean", kind: str = "cont
     else:
         figure.update_layout(scene={"xaxis_title": axis_x, "yaxis_title": axis_y, "zaxis_title": label})
     return figure
+
+
+def before_after_figure(triggered: Tensor, labels: Tensor, before: Tensor, after: Tensor, *, target: int,
+                        class_name=str, title: str | None = None):
+    """Triggered images with the class the backdoored and the purified model give each.
+
+    Args:
+        triggered: ``(N, C, H, W)`` triggered images in ``[0, 1]``.
+        labels, before, after: ``(N,)`` true classes, predictions before and after the defence.
+        target: the attacker's class; predictions equal to it are drawn in red.
+        class_name: ``int -> str`` for the labels (e.g. ``DatasetInfo.class_name``).
+    Returns:
+        a ``plotly.graph_objects.Figure`` with one column per image.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if triggered.dim() != 4 or not (len(triggered) == len(labels) == len(before) == len(after)):
+        raise NgfkitError("before_after_figure needs N images (N, C, H, W) and N labels / predictions")
+    n = len(triggered)
+    fig = make_subplots(rows=1, cols=n, horizontal_spacing=0.01)
+
+    def coloured(c: int) -> str:
+        return f"<span style='color:#c62828'><b>{class_name(c)}</b></span>" if c == target else class_name(c)
+
+    for i in range(n):
+        fig.add_trace(go.Image(z=_as_rgb_uint8(triggered[i]).numpy(), hoverinfo="skip"), row=1, col=i + 1)
+        text = (f"true: {class_name(int(labels[i]))}<br>backdoored: {coloured(int(before[i]))}"
+                f"<br>after NGF: {coloured(int(after[i]))}")
+        fig.add_annotation(text=text, showarrow=False, xref=f"x{i + 1 if i else ''} domain",
+                           yref=f"y{i + 1 if i else ''} domain", x=0.5, y=-0.08, yanchor="top", font=dict(size=11))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=300, width=150 * n + 40, margin=dict(l=10, r=10, t=50, b=90),
+                      title=title or f"Triggered test images (target class in red: {class_name(target)})")
+    return fig
