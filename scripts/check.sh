@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's test command; CI runs it after scripts/setup.sh):
+#   1. unit tests,
+#   2. every notebook under book/ executed by nbval (a failing cell fails the run),
+#   3. one chapter run by papermill with non-default parameters,
+#   4. the book built by jupyter-book with warnings as errors (it re-executes the chapters,
+#      but the trained models and learned triggers come from the ngfkit cache filled in step 2),
+#   5. the built HTML checked in headless Chromium (screenshots under _build/screenshots/).
+# `bash scripts/check.sh unit` runs step 1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { echo; echo "== $1 (at $(( $(date +%s) - start )) s)"; }
+
+step "unit tests"
+python -m pytest -q -n 2
+if [ "${1:-all}" = "unit" ]; then exit 0; fi
+
+step "book notebooks (nbval)"
+python -m pytest -q --nbval-lax book/
+
+step "papermill: the regulariser chapter on the Blend attack"
+mkdir -p _build/papermill
+papermill -k python3 --cwd book book/regulariser.ipynb _build/papermill/regulariser-blend.ipynb \
+  -p attack blend --log-level WARNING
+
+step "jupyter-book build (warnings are errors)"
+jupyter-book build . -W
+
+step "built HTML in headless Chromium"
+python -m ngfkit.book_check _build/html
+
+step "done in $(( $(date +%s) - start )) s"
