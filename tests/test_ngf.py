@@ -132,3 +132,14 @@ def test_metrics_from_kept_classifier_inputs_equal_a_full_evaluation():
     with torch.no_grad():
         model.head.weight.mul_(-1)  # a different classifier on the same body
     assert evaluate_layer(model.head, kept) == pytest.approx(evaluate(model, data, attack, batch_size=16))
+
+
+def test_negative_or_nan_regulariser_strength_is_one_clear_error():
+    import pytest
+
+    from ngfkit.defences.ngf import NGFConfig
+    from ngfkit.errors import NgfkitError
+
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(NgfkitError, match="reg_strength"):
+            NGFConfig(reg_strength=bad)

@@ -44,7 +44,10 @@ class NGFConfig:
     factor_every: int = 10
     eigen_every: int = 100
     decay: float = 0.95
-    regulariser: str = "diag"  # "diag" or "kfac" Fisher penalty; strength 0 switches it off
+    # "diag" or "kfac" Fisher penalty. Once the optimiser's EKFAC eigenbasis exists (after the
+    # first factor update) both take the same proximal step in that basis, so the choice only
+    # matters for the first steps; strength 0 switches the regulariser off
+    regulariser: str = "diag"
     reg_strength: float = 10.0  # η; 0 switches the regulariser off
     acc_budget: float = 3.0  # most clean-accuracy points the chosen setting may cost (held out)
     folds: int = 5  # cross-fitting folds of the clean set for choosing lr
@@ -59,6 +62,9 @@ class NGFConfig:
             raise NgfkitError(f"NGF fisher must be one of {', '.join(FISHER_TYPES)}, got {self.fisher!r}")
         if self.regulariser not in ("diag", "kfac"):
             raise NgfkitError(f"NGF regulariser must be diag or kfac, got {self.regulariser!r}")
+        if not (self.reg_strength >= 0 and self.reg_strength < float("inf")):  # also rejects NaN
+            raise NgfkitError(f"NGF reg_strength (η) must be a finite number >= 0, got {self.reg_strength!r}; "
+                              f"0 switches the regulariser off")
         if self.folds < 2:
             raise NgfkitError("NGF needs at least 2 folds to choose its learning rate from clean data")
         if self.lr is None and not self.lr_grid:
