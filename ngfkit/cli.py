@@ -170,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--json", metavar="PATH", default=None, help="write the merged report here")
     merge.add_argument("--quiet", action="store_true")
     merge.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+
+    grid = sub.add_parser("grid", help="run a notebook over a parameter grid with papermill "
+                          "(one output notebook per cell, resumable)")
+    grid.add_argument("notebook", help="the notebook to run; it needs a cell tagged 'parameters'")
+    grid.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
+                      help="a parameter and its values, e.g. attack=badnets,blend (repeatable; the grid is every "
+                           "combination, the last --param varying fastest)")
+    grid.add_argument("--out", required=True, help="folder for the output notebooks, one per grid cell")
+    grid.add_argument("--collect", metavar="PATH", default=None,
+                      help="then write each cell's parameters and glued values to this JSON and print a table")
+    grid.add_argument("--print-commands", action="store_true",
+                      help="print one papermill command per pending cell instead of running them")
+    grid.add_argument("--only", type=int, default=None, metavar="I",
+                      help="run only cell I (0-based), e.g. $SLURM_ARRAY_TASK_ID in a job array")
+    grid.add_argument("--kernel", default="python3", help="Jupyter kernel to run the notebook with (default python3)")
+    grid.add_argument("--force", action="store_true", help="run finished cells again too")
+    grid.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -488,8 +505,38 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     return report
 
 
+def cmd_grid(args: argparse.Namespace) -> dict:
+    from .grid import collect, commands, plan, results_table, run_grid
+    from .utils import write_json
+
+    if args.collect:
+        _check_output(args.collect, ".json")
+    if args.print_commands:
+        lines = commands(args.notebook, args.param, args.out, only=args.only, kernel=args.kernel)
+        for line in lines:
+            print(line)
+        return {"commands": lines}
+    report = run_grid(args.notebook, args.param, args.out, only=args.only, kernel=args.kernel, force=args.force,
+                      progress=not args.quiet)
+    print(f"{len(report['cells'])} cell(s): {report['ran']} ran, {report['skipped']} already done, "
+          f"{report['failed']} failed; outputs in {args.out}")
+    for cell in report["cells"]:
+        if cell["status"] == "failed":
+            where = f"see {cell['output']}" if Path(cell["output"]).is_file() else "no output was written"
+            print(f"  cell {cell['index']} failed ({cell['error']}); {where}")
+    if args.collect:
+        rows = collect(args.out, plan(args.notebook, args.param, args.out))  # this grid's cells only
+        write_json(args.collect, rows)
+        print(results_table(rows))
+        print(f"wrote {args.collect}")
+    if report["failed"]:
+        raise NgfkitError(f"{report['failed']} of {len(report['cells'])} cell(s) failed; run the same command "
+                          f"again to retry them (finished cells are skipped)")
+    return report
+
+
 COMMANDS = {"demo": cmd_demo, "attack": cmd_attack, "purify": cmd_purify, "evaluate": cmd_evaluate,
-            "list": cmd_list, "bench": cmd_bench, "sharpness": cmd_sharpness}
+            "list": cmd_list, "bench": cmd_bench, "sharpness": cmd_sharpness, "grid": cmd_grid}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
