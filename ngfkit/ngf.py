@@ -8,10 +8,12 @@ The pieces, each usable alone:
 - :class:`FisherRegulariser` pulls weights that matter for clean data back toward the
   backdoored model's, as an exact proximal step (stable for any strength);
 - :func:`cache_features` + :class:`FeatureDataset` give the fast path: with the body frozen, the
-  classifier's inputs on the clean set are computed once and NGF runs on them alone.
+  classifier's inputs on the clean set are computed once and NGF runs on them alone
+  (:func:`reuse_features` shares them between several defences run on one model).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from contextlib import contextmanager
 from typing import Iterator
@@ -275,11 +277,49 @@ class FeatureDataset(Dataset):
         return FeatureDataset(self.features[:1], self.labels)
 
 
+_feature_memo: dict | None = None
+
+
+def _weights_digest(model: nn.Module) -> str:
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@contextmanager
+def reuse_features(store: dict | None = None) -> Iterator[dict]:
+    """Inside this block :func:`cache_features` computes each result once: a call with a model of
+    identical weights (compared by content), the same layer, the same dataset object, views, seed
+    and device returns the stored features. For running several one-layer defences on one model
+    (the book's chapters); pass the same ``store`` to several blocks to share it between them.
+    Outside any block nothing is stored."""
+    global _feature_memo
+    outer = _feature_memo
+    _feature_memo = store if store is not None else ({} if outer is None else outer)
+    try:
+        yield _feature_memo
+    finally:
+        _feature_memo = outer
+
+
 @torch.no_grad()
 def cache_features(model: nn.Module, layer: nn.Linear, dataset: Dataset, *, views: int = 0, seed: int = 0,
                    batch_size: int = 256, device: torch.device | str = "cpu") -> FeatureDataset:
     """Run the frozen model (eval mode) once over ``dataset`` and keep ``layer``'s inputs, for the
-    images themselves and for ``views`` randomly cropped and flipped copies of each."""
+    images themselves and for ``views`` randomly cropped and flipped copies of each (stored and
+    reused inside :func:`reuse_features`)."""
+    if _feature_memo is None:
+        return _compute_features(model, layer, dataset, views, seed, batch_size, device)
+    layer_name = next((n for n, m in model.named_modules() if m is layer), None)
+    key = (_weights_digest(model), layer_name, id(dataset), views, seed, batch_size, str(device))
+    if key not in _feature_memo:  # the dataset is stored too, so its id stays unique
+        _feature_memo[key] = (dataset, _compute_features(model, layer, dataset, views, seed, batch_size, device))
+    return _feature_memo[key][1]
+
+
+def _compute_features(model, layer, dataset, views, seed, batch_size, device) -> FeatureDataset:
     captured: list[Tensor] = []
     labels: list[Tensor] = []
     generator = torch.Generator().manual_seed(seed)

@@ -11,7 +11,7 @@ Shapes: ``M`` heads, ``B`` batch, ``C`` classes, ``D`` features (+1 for the bias
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,13 +51,16 @@ def _batch_indices(train_sets: Sequence[Tensor], views: int, num_images: int, st
 
 
 def fit_heads(features: Tensor, labels: Tensor, weight: Tensor, train_sets: Sequence[Tensor],
-              lrs: Sequence[float], cfg, *, held_out: Sequence[Tensor] | None = None) -> dict:
+              lrs: Sequence[float], cfg, *, held_out: Sequence[Tensor] | None = None,
+              on_step: Callable[[int, Tensor], None] | None = None) -> dict:
     """Fine-tune ``M = len(train_sets)`` copies of the head ``weight`` ``(C, D+1)`` with NGF.
 
     ``features`` ``(V, N, D)`` are cached classifier inputs (view 0 unaugmented), ``labels``
     ``(N,)``; head ``m`` trains on the images ``train_sets[m]`` (all views) with base learning
     rate ``lrs[m]``; ``cfg`` is an :class:`~ngfkit.defences.ngf.NGFConfig`. With ``held_out``,
     records each head's accuracy on its held-out images (view 0) every ``cfg.eval_every`` steps.
+    ``on_step(step, heads)`` is called after every step with the step count and the heads
+    ``(M, C, D+1)`` (for per-step trajectories).
 
     Returns ``{"weight": (M, C, D+1), "loss": (steps, M), "curve": [(step, (M,) accuracy)]}``.
     """
@@ -138,6 +141,8 @@ def fit_heads(features: Tensor, labels: Tensor, weight: Tensor, train_sets: Sequ
             w = anchor + _unrotate(q_g, rotated, q_a)
 
         done = step + 1
+        if on_step is not None:
+            on_step(done, w)
         if held_out is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
             predictions = head_predictions(w, features[0])  # (M, N)
             curve.append((done, torch.stack([

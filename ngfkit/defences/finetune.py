@@ -141,14 +141,15 @@ class FineTuneLast(Defence):
         return model, cache_features(model, classifier_layer(model), clean_data, views=self.config.augment,
                                      seed=self.config.seed, device=device)
 
-    def _fit(self, model, data, lr, progress) -> tuple[nn.Module, dict]:
+    def _fit(self, model, data, lr, progress, on_step=None) -> tuple[nn.Module, dict]:
+        """``on_step(step, head)``, if given, sees the head being trained after every step."""
         cfg = self.config
         tuned = copy.deepcopy(model)
         head = classifier_layer(tuned)
         train_cfg = TrainConfig(steps=cfg.steps, lr=lr, final_lr_ratio=cfg.final_lr_ratio, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, batch_size=min(cfg.batch_size, len(data)))
         fit = train_model(head, data, train_cfg, seed=cfg.seed, device=head.weight.device, progress=progress,
-                          desc=self.name)
+                          desc=self.name, on_step=None if on_step is None else (lambda step, _: on_step(step, head)))
         return tuned.eval(), fit
 
     def run(self, model, clean_data, *, device, progress):
