@@ -284,3 +284,33 @@ def before_after_figure(triggered: Tensor, labels: Tensor, before: Tensor, after
     fig.update_layout(height=300, width=150 * n + 40, margin=dict(l=10, r=10, t=50, b=90),
                       title=title or f"Triggered test images (target class in red: {class_name(target)})")
     return fig
+
+
+def explorer_figure(view: dict, *, class_name=str, title: str | None = None):
+    """The attack explorer's view (:func:`ngfkit.explorer.explorer_view`) as a static figure: one
+    row per shown image, columns clean | triggered | residual (amplified by the view's ``gain``),
+    the view's statistics under the title. ``class_name``: ``int -> str`` for the row labels."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from .explorer import view_summary
+
+    rows = len(view["clean"])
+    if rows == 0 or not (len(view["triggered"]) == len(view["residual"]) == rows):
+        raise NgfkitError("explorer_figure needs a view with as many clean, triggered and residual images (at least 1)")
+    names = [f"{class_name(int(y))} → {class_name(int(t))}" for y, t in zip(view["labels"], view["targets"])]
+    fig = make_subplots(rows=rows, cols=3, horizontal_spacing=0.02, vertical_spacing=0.02, row_titles=names,
+                        column_titles=["clean", "triggered", f"residual × {view['gain']:.1f}"])
+    for row in range(rows):
+        for col, key in enumerate(("clean", "triggered", "residual"), start=1):
+            text = f"{key}, image {int(view['indices'][row])}"
+            fig.add_trace(go.Image(z=_as_rgb_uint8(view[key][row]).numpy(), name=text,
+                                   hovertemplate=text + "<br>pixel (%{x}, %{y})<extra></extra>"), row=row + 1, col=col)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    summary = view_summary(view)
+    head, _, tail = summary.partition(": ")
+    fig.update_layout(height=170 * rows + 130, width=600, margin=dict(l=10, r=130, t=110, b=10),
+                      title=dict(text=(title or f"Explorer: {head}") + "<br><sup>" + tail.replace("; ", "<br>") + "</sup>",
+                                 font=dict(size=14)))
+    return fig
