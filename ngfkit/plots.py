@@ -281,7 +281,7 @@ def before_after_figure(triggered: Tensor, labels: Tensor, before: Tensor, after
                            yref=f"y{i + 1 if i else ''} domain", x=0.5, y=-0.08, yanchor="top", font=dict(size=11))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(height=300, width=150 * n + 40, margin=dict(l=10, r=10, t=50, b=90),
+    fig.update_layout(height=280, width=min(120 * n + 40, 760), margin=dict(l=10, r=10, t=50, b=90),
                       title=title or f"Triggered test images (target class in red: {class_name(target)})")
     return fig
 
