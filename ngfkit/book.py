@@ -128,8 +128,13 @@ def plotly_js_path() -> Path:
 
 
 def local_widget_manager(confdir: str | Path) -> Path:
-    """Where ``scripts/fetch_widget_manager.py`` puts the ipywidgets HTML manager."""
+    """Where ``scripts/fetch_book_assets.py`` puts the ipywidgets HTML manager."""
     return Path(confdir) / "_static" / "html-manager" / "embed.js"
+
+
+def local_mathjax(confdir: str | Path) -> Path:
+    """Where ``scripts/fetch_book_assets.py`` puts MathJax (outside ``_static``, see there)."""
+    return Path(confdir) / "_vendor" / "mathjax" / "tex-chtml.js"
 
 
 def setup(app):
@@ -138,15 +143,19 @@ def setup(app):
     Loads plotly.js from ``_static`` on every page, copied from the installed plotly package
     after the build. When the ipywidgets HTML manager was fetched into ``_static`` (jupyter-book
     then loads it on every page), myst-nb's CDN copies of require.js and the manager are
-    switched off, so embedded widget state renders offline.
+    switched off, so embedded widget state renders offline. Likewise a fetched MathJax
+    replaces the CDN one.
     """
     app.add_js_file("plotly.min.js")
 
-    def use_local_widget_manager(app, config):
+    def use_local_assets(app, config):
         if local_widget_manager(app.confdir).is_file():
             config.nb_ipywidgets_js = {}
+        if local_mathjax(app.confdir).is_file():
+            config.html_static_path = [*config.html_static_path, "_vendor"]
+            config.mathjax_path = "mathjax/tex-chtml.js"
 
-    app.connect("config-inited", use_local_widget_manager)
+    app.connect("config-inited", use_local_assets)
 
     def copy_plotly(app, exception):
         if exception is None and app.builder.format == "html":

@@ -1,5 +1,6 @@
 """Check the built book in headless Chromium: every chapter page loads, every plotly figure is
-drawn, every embedded widget renders, no cell shows a traceback, and every local link resolves.
+drawn, every embedded widget renders, formulas are typeset, no cell shows a traceback, and every
+local link resolves.
 A screenshot of each chapter goes to ``<build>/screenshots/`` (CI keeps them as artifacts).
 
 Usage: python -m ngfkit.book_check [_build/html] [--toc _toc.yml] [--browser chromium]
@@ -99,6 +100,8 @@ def check_page(name: str, html_root: Path, browser: str, shots: Path) -> tuple[l
     # pages with embedded widget views must show rendered widgets (the HTML manager ran)
     if scan.widget_views and not scan.rendered_widgets:
         problems.append(f"{name}: {scan.widget_views} embedded widgets, none rendered")
+    if 'class="math notranslate' in dom and "<mjx-container" not in dom:
+        problems.append(f"{name}: the page has formulas but MathJax typeset none")
     if "Traceback (most recent call last)" in dom or re.search(r'class="[^"]*\bcell_output\b[^"]*"[^>]*>\s*'
                                                                 r'<div[^>]*class="[^"]*\berror\b', dom):
         problems.append(f"{name}: a cell shows a traceback")

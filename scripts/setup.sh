@@ -11,7 +11,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v chromium >/dev/nul
 fi
 python3 -m pip install -q -r requirements.txt
 python3 -m pip install -q -e ".[test,book]"
-# the ipywidgets HTML manager, so the built book renders widgets without a CDN (optional)
-python3 scripts/fetch_widget_manager.py || echo "warning: the built book will load ipywidgets' manager from a CDN"
+# the ipywidgets HTML manager and MathJax, so the built book renders widgets and formulas without a CDN
+python3 scripts/fetch_book_assets.py || echo "warning: the built book will load what could not be fetched from a CDN"
 # pyenv installs need their shims refreshed before the new `ngfkit` command is on PATH
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
