@@ -21,3 +21,16 @@ def tiny_clean(n: int = 64, seed: int = 0) -> ImageTensorDataset:
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+LINEAR_IN, LINEAR_OUT, LINEAR_SAMPLES = 4, 3, 7
+
+
+def linear_problem():
+    """A float64 ``nn.Linear(4, 3)`` with inputs ``(7, 4)`` and labels ``(7,)``: small enough for
+    dense Fisher matrices (the Fisher tests share it as the ``linear_problem`` fixture)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(LINEAR_IN, LINEAR_OUT).double()
+    x = torch.randn(LINEAR_SAMPLES, LINEAR_IN, dtype=torch.float64)
+    y = torch.randint(0, LINEAR_OUT, (LINEAR_SAMPLES,))
+    return layer, x, y

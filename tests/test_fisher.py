@@ -10,16 +10,7 @@ from ngfkit.fisher import (KFACState, diagonal_fisher, eigenbasis_scales, kfac_f
                            softmax_output_gradients, with_bias_column)
 from ngfkit.ngf import FisherRegulariser, NaturalGradient, layer_matrix, layer_statistics
 
-D_IN, D_OUT, N = 4, 3, 7
-
-
-@pytest.fixture
-def problem():
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(D_IN, D_OUT).double()
-    x = torch.randn(N, D_IN, dtype=torch.float64)
-    y = torch.randint(0, D_OUT, (N,))
-    return layer, x, y
+from defence_helpers import LINEAR_IN as D_IN, LINEAR_OUT as D_OUT, LINEAR_SAMPLES as N
 
 
 def exact_fisher(layer, x, y):
@@ -41,23 +32,23 @@ def per_sample(layer, x, y):
     return a, g
 
 
-def test_per_sample_gradients_rebuild_exact_fisher(problem):
-    layer, x, y = problem
+def test_per_sample_gradients_rebuild_exact_fisher(linear_problem):
+    layer, x, y = linear_problem
     a, g = per_sample(layer, x, y)
     grads = torch.einsum("ni,nj->nij", g, a).reshape(N, -1)
     assert torch.allclose(grads.T @ grads / N, exact_fisher(layer, x, y), atol=1e-10)
 
 
-def test_kfac_is_exact_for_one_sample(problem):
-    layer, x, y = problem
+def test_kfac_is_exact_for_one_sample(linear_problem):
+    layer, x, y = linear_problem
     a, g = per_sample(layer, x[:1], y[:1])
     A, G = kfac_factors(a, g)
     # row-major vec(g aᵀ) = g ⊗ a, so the Fisher is G ⊗ A in our layout
     assert torch.allclose(torch.kron(G, A), exact_fisher(layer, x[:1], y[:1]), atol=1e-10)
 
 
-def test_kfac_factors_are_batch_means(problem):
-    layer, x, y = problem
+def test_kfac_factors_are_batch_means(linear_problem):
+    layer, x, y = linear_problem
     a, g = per_sample(layer, x, y)
     A, G = kfac_factors(a, g)
     assert A.shape == (D_IN + 1, D_IN + 1) and G.shape == (D_OUT, D_OUT)
@@ -66,8 +57,8 @@ def test_kfac_factors_are_batch_means(problem):
     assert torch.allclose(A[-1, -1], torch.tensor(1.0, dtype=A.dtype))  # the bias column
 
 
-def test_ekfac_scales_are_the_exact_diagonal_in_the_kronecker_eigenbasis(problem):
-    layer, x, y = problem
+def test_ekfac_scales_are_the_exact_diagonal_in_the_kronecker_eigenbasis(linear_problem):
+    layer, x, y = linear_problem
     a, g = per_sample(layer, x, y)
     A, G = kfac_factors(a, g)
     _, q_a = torch.linalg.eigh(A)
@@ -77,8 +68,8 @@ def test_ekfac_scales_are_the_exact_diagonal_in_the_kronecker_eigenbasis(problem
     assert torch.allclose(eigenbasis_scales(a, g, q_a, q_g).flatten(), torch.diagonal(rotated), atol=1e-10)
 
 
-def test_diagonal_fisher_is_mean_of_squared_per_sample_gradients(problem):
-    layer, x, y = problem
+def test_diagonal_fisher_is_mean_of_squared_per_sample_gradients(linear_problem):
+    layer, x, y = linear_problem
     a, g = per_sample(layer, x, y)
     assert torch.allclose(diagonal_fisher(a, g).flatten(), torch.diagonal(exact_fisher(layer, x, y)), atol=1e-10)
     batch_grad = (g.T @ a / N).flatten()
@@ -86,8 +77,8 @@ def test_diagonal_fisher_is_mean_of_squared_per_sample_gradients(problem):
 
 
 @pytest.mark.parametrize("ekfac", [False, True])
-def test_solve_inverts_the_damped_fisher(problem, ekfac):
-    layer, x, y = problem
+def test_solve_inverts_the_damped_fisher(linear_problem, ekfac):
+    layer, x, y = linear_problem
     a, g = per_sample(layer, x, y)
     state = KFACState(damping=1e-2, ekfac=ekfac)
     state.update(a, g)
@@ -104,8 +95,8 @@ def test_solve_inverts_the_damped_fisher(problem, ekfac):
     assert torch.allclose(state.solve(grad).flatten(), expected, atol=1e-8)
 
 
-def test_natural_gradient_step_matches_explicit_kfac_and_kl_clip(problem):
-    layer, x, y = problem
+def test_natural_gradient_step_matches_explicit_kfac_and_kl_clip(linear_problem):
+    layer, x, y = linear_problem
     net = torch.nn.Sequential(layer)
     hooks = NaturalGradient({"0": layer}, damping=1e-2, kl_clip=1e9, ekfac=False)
     logits = net(x)
@@ -134,8 +125,8 @@ def test_natural_gradient_step_matches_explicit_kfac_and_kl_clip(problem):
 
 
 @pytest.mark.parametrize("kind", ["diag", "kfac"])
-def test_regulariser_gradient_and_proximal_step(problem, kind):
-    layer, x, y = problem
+def test_regulariser_gradient_and_proximal_step(linear_problem, kind):
+    layer, x, y = linear_problem
     layers = {"": layer}
     stats = layer_statistics(layer, layers, torch.utils.data.TensorDataset(x, y), device="cpu")
     reg = FisherRegulariser(layers, stats, strength=3.0, kind=kind)
@@ -168,8 +159,8 @@ def test_regulariser_gradient_and_proximal_step(problem, kind):
     assert (after - reg.anchor[""]).norm() <= (before - reg.anchor[""]).norm() + 1e-12
 
 
-def test_regulariser_in_natural_gradient_metric_is_a_stationary_convex_pull(problem):
-    layer, x, y = problem
+def test_regulariser_in_natural_gradient_metric_is_a_stationary_convex_pull(linear_problem):
+    layer, x, y = linear_problem
     layers = {"": layer}
     stats = layer_statistics(layer, layers, torch.utils.data.TensorDataset(x, y), device="cpu")
     natural = NaturalGradient(layers, damping=1e-3)

@@ -12,16 +12,7 @@ from ngfkit.fisher_check import (compare_fisher, curvlinops_reference, damped_so
                                  kronecker_state, output_fisher, rotate)
 from ngfkit.ngf import layer_matrix
 
-D, C, N = 4, 3, 7
-
-
-@pytest.fixture
-def problem():
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(D, C).double()
-    x = torch.randn(N, D, dtype=torch.float64)
-    y = torch.randint(0, C, (N,))
-    return layer, x, y
+from defence_helpers import LINEAR_IN as D, LINEAR_OUT as C, LINEAR_SAMPLES as N
 
 
 def flat_grad(layer, x, y):
@@ -36,14 +27,14 @@ def fisher_of(layer, x, y, kind):
     return exact_fisher(a, output_fisher(layer(x).detach(), y, kind))
 
 
-def test_exact_empirical_fisher_is_the_mean_outer_product_of_autograd_gradients(problem):
-    layer, x, y = problem
+def test_exact_empirical_fisher_is_the_mean_outer_product_of_autograd_gradients(linear_problem):
+    layer, x, y = linear_problem
     grads = torch.stack([flat_grad(layer, x[i], y[i]) for i in range(N)])
     assert torch.allclose(fisher_of(layer, x, y, "empirical"), grads.T @ grads / N, atol=1e-12)
 
 
-def test_exact_true_fisher_is_the_expectation_over_model_labels(problem):
-    layer, x, y = problem
+def test_exact_true_fisher_is_the_expectation_over_model_labels(linear_problem):
+    layer, x, y = linear_problem
     probs = layer(x).softmax(1).detach()
     expected = torch.zeros(C * (D + 1), C * (D + 1), dtype=torch.float64)
     for i in range(N):
@@ -54,8 +45,8 @@ def test_exact_true_fisher_is_the_expectation_over_model_labels(problem):
 
 
 @pytest.mark.parametrize("kind", ["empirical", "true"])
-def test_exact_fisher_and_kfac_agree_with_curvlinops(problem, kind):
-    layer, x, y = problem
+def test_exact_fisher_and_kfac_agree_with_curvlinops(linear_problem, kind):
+    layer, x, y = linear_problem
     a = with_bias_column(x)
     m = output_fisher(layer(x).detach(), y, kind)
     A, G = kfac_pair(a, m)
@@ -65,8 +56,8 @@ def test_exact_fisher_and_kfac_agree_with_curvlinops(problem, kind):
 
 
 @pytest.mark.parametrize("kind", ["empirical", "true"])
-def test_kfac_is_exact_for_a_single_sample(problem, kind):
-    layer, x, y = problem
+def test_kfac_is_exact_for_a_single_sample(linear_problem, kind):
+    layer, x, y = linear_problem
     result = compare_fisher(with_bias_column(x[:1]), layer(x[:1]).detach(), y[:1], kind=kind,
                             dampings=(1e-3, 1e-1))
     assert torch.allclose(result["kfac"], result["fisher"], atol=1e-12)
@@ -91,8 +82,8 @@ def test_kfac_is_exact_when_every_sample_has_the_same_input():
     assert random["fro"]["kfac"] > 1e-3
 
 
-def test_ekfac_scales_are_the_diagonal_of_the_rotated_fisher_and_beat_kfac(problem):
-    layer, x, y = problem
+def test_ekfac_scales_are_the_diagonal_of_the_rotated_fisher_and_beat_kfac(linear_problem):
+    layer, x, y = linear_problem
     a = with_bias_column(x)
     m = output_fisher(layer(x).detach(), y, "empirical")
     fisher = exact_fisher(a, m)
@@ -112,8 +103,8 @@ def test_ekfac_scales_are_the_diagonal_of_the_rotated_fisher_and_beat_kfac(probl
     assert result["fro"]["ekfac"] <= result["fro"]["kfac"] + 1e-12
 
 
-def test_damped_solve_inverts_the_damped_fisher(problem):
-    layer, x, y = problem
+def test_damped_solve_inverts_the_damped_fisher(linear_problem):
+    layer, x, y = linear_problem
     fisher = fisher_of(layer, x, y, "true")
     grad = torch.randn(C, D + 1, dtype=torch.float64)
     direction = damped_solve(fisher, grad, 1e-2)
@@ -121,8 +112,8 @@ def test_damped_solve_inverts_the_damped_fisher(problem):
     assert torch.allclose(back, grad.flatten(), atol=1e-10)
 
 
-def test_bad_kind_is_a_one_line_error(problem):
-    layer, x, y = problem
+def test_bad_kind_is_a_one_line_error(linear_problem):
+    layer, x, y = linear_problem
     with pytest.raises(NgfkitError, match="empirical, true"):
         output_fisher(layer(x).detach(), y, "sampled")
 
