@@ -189,6 +189,13 @@ def summarise(report: dict) -> list[dict]:
     return rows
 
 
+def cell_mean(report: dict, attack: str, defense: str, metric: str, setting: str = "selected") -> float | None:
+    """Mean over seeds of ``metric`` for one (attack, defence) at ``setting``; None if never run."""
+    values = [c[metric] for c in report["cells"]
+              if c["attack"] == attack and c["defense"] == defense and c["setting"] == setting]
+    return statistics.fmean(values) if values else None
+
+
 def defence_table(report: dict, setting: str = "selected") -> str:
     """Markdown: one row per defence (mean ± std over attacks and seeds), then ASR per attack."""
     summary = [r for r in report.get("summary") or summarise(report) if r["setting"] == setting]
@@ -209,10 +216,9 @@ def defence_table(report: dict, setting: str = "selected") -> str:
         before = [b["asr"] for b in report["before"] if b["attack"] == attack]
         cells = []
         for defence in defences:
-            chosen = [c for c in report["cells"]
-                      if c["attack"] == attack and c["defense"] == defence and c["setting"] == setting]
-            cells.append(f"{statistics.fmean(c['asr'] for c in chosen):.1f} "
-                         f"({statistics.fmean(c['acc_drop'] for c in chosen):+.1f})" if chosen else "–")
+            asr = cell_mean(report, attack, defence, "asr", setting)
+            cells.append("–" if asr is None else
+                         f"{asr:.1f} ({cell_mean(report, attack, defence, 'acc_drop', setting):+.1f})")
         lines.append(f"| {attack} | {statistics.fmean(before):.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -59,8 +59,7 @@ class PageScan(html.parser.HTMLParser):
             self._script_type = attrs.get("type")
             if self._script_type == "application/vnd.jupyter.widget-view+json":
                 self.widget_views += 1
-        if tag == "div" and "jupyter-widgets" in classes and "widget-inline-hbox" in classes or \
-                tag == "div" and "jupyter-widgets" in classes and "widget-container" in classes:
+        if tag == "div" and "jupyter-widgets" in classes and {"widget-inline-hbox", "widget-container"} & set(classes):
             self.rendered_widgets += 1
         if tag == "a" and attrs.get("href"):
             self.links.append(attrs["href"])

@@ -109,6 +109,8 @@ def defence_heatmap(report: dict, setting: str = "selected", metric: str = "asr"
     mean over seeds, with the undefended model's value in the first column where it exists."""
     import plotly.graph_objects as go
 
+    from .bench_defences import cell_mean
+
     cells = [c for c in report["cells"] if c["setting"] == setting]
     if not cells:
         raise NgfkitError(f"the report has no cells with setting {setting!r}")
@@ -126,7 +128,7 @@ def defence_heatmap(report: dict, setting: str = "selected", metric: str = "asr"
         grid.append([mean([b[metric] for b in report["before"] if b["attack"] == a]) for a in attacks])
     for d in defences:
         columns.append(d)
-        grid.append([mean([c[metric] for c in cells if c["attack"] == a and c["defense"] == d]) for a in attacks])
+        grid.append([cell_mean(report, a, d, metric, setting) for a in attacks])
     z = [[grid[j][i] for j in range(len(columns))] for i in range(len(attacks))]  # rows: attacks
     labels = {"asr": "attack success rate (%)", "ra": "robust accuracy (%)", "acc": "clean accuracy (%)",
               "acc_drop": "clean-accuracy drop (points)", "der": "defence effectiveness rating (%)"}
