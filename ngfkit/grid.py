@@ -306,7 +306,7 @@ def run_cell(notebook: str | Path, cell: GridCell, *, kernel: str = "python3", c
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from .utils import versions
+    from .utils import give_usual_permissions, versions
 
     notebook = Path(notebook)
     cwd = Path(cwd) if cwd is not None else notebook.resolve().parent
@@ -335,9 +335,7 @@ def run_cell(notebook: str | Path, cell: GridCell, *, kernel: str = "python3", c
                 "status": status, "error": error, "wall_seconds": seconds, "notebook": str(notebook),
                 "notebook_sha256": _sha256(notebook), "kernel": kernel, "versions": versions()}
             nbformat.write(nb, str(tmp))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it the usual permissions
+            give_usual_permissions(tmp)
             os.replace(tmp, cell.path)
         else:
             status = "failed"

@@ -42,6 +42,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NGFKIT_CACHE", Path.home() / ".cache" / "ngfkit"))
 
 
+def give_usual_permissions(path: str | Path) -> None:
+    """``mkstemp`` makes files private (0600); a result file gets what the umask gives new files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -54,10 +61,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        # mkstemp makes the file private (0600); a result file gets the usual permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        give_usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
