@@ -113,6 +113,28 @@ def attack_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def read_reports(paths: Sequence[str | Path], settings_of, kind: str, key: str) -> list[dict]:
+    """The bench reports at ``paths``, checked to be ``kind`` reports (they hold ``key``) made with
+    the same settings (``settings_of(report)``), so that they can be merged into one."""
+    if not paths:
+        raise NgfkitError("give at least one report to merge")
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise NgfkitError(f"cannot read bench report {path}: {error.__class__.__name__}") from None
+        if not isinstance(reports[-1], dict) or key not in reports[-1]:
+            raise NgfkitError(f"{path} is not a bench {kind} report (it has no {key!r})")
+    settings = settings_of(reports[0])
+    for path, report in zip(paths[1:], reports[1:]):
+        changed = [k for k in settings if report.get(k) != settings[k]]
+        if changed:
+            raise NgfkitError(f"{path} was made with other settings than {paths[0]} ({', '.join(changed)}); "
+                              f"only reports of one benchmark can be merged")
+    return reports
+
+
 def load_previous_report(json_path: str | Path | None, settings: dict) -> dict | None:
     """The report already at ``json_path`` (to resume from), checked to have been made with
     ``settings``; ``None`` if there is none yet."""

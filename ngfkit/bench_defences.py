@@ -10,7 +10,6 @@ atomically, so a killed run resumes from its finished cells. Two settings per de
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -22,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import ATTACKS
-from .bench import PAPER_ATTACKS, load_previous_report, parse_names
+from .bench import PAPER_ATTACKS, load_previous_report, parse_names, read_reports
 from .defences import DEFENCES, purify
 from .defences.selection import select_and_purify
 from .errors import NgfkitError
@@ -226,20 +225,7 @@ def defence_table(report: dict, setting: str = "selected") -> str:
 def merge_reports(paths: Sequence[str | Path]) -> dict[str, Any]:
     """One report from several ``bench defences`` reports made with the same settings (say, one
     per SLURM job, each running some attacks or defences); a cell present twice is kept once."""
-    if not paths:
-        raise NgfkitError("give at least one report to merge")
-    reports = []
-    for path in paths:
-        try:
-            reports.append(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            raise NgfkitError(f"cannot read bench report {path}: {error.__class__.__name__}") from None
-    settings = _settings_of(reports[0])
-    for path, report in zip(paths[1:], reports[1:]):
-        if _settings_of(report) != settings:
-            changed = [k for k in settings if report.get(k) != settings[k]]
-            raise NgfkitError(f"{path} was made with other settings than {paths[0]} ({', '.join(changed)}); "
-                              f"only reports of one benchmark can be merged")
+    reports = read_reports(paths, _settings_of, "defences", "cells")
     merged = {**reports[0], "cells": [], "before": [], "merged_from": [str(p) for p in paths]}
     seen_cells, seen_before = set(), set()
     for report in reports:

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attacks import ATTACKS
-from .bench import load_previous_report
+from .bench import load_previous_report, read_reports
 from .defences import purify
 from .errors import NgfkitError
 from .metrics import evaluate
@@ -34,18 +34,22 @@ def _settings(report: dict) -> dict:
 
 
 def bench_sharpness(dataset: str = "fashion-mnist", arch: str | None = None, kinds: Sequence[str] = ("clean", "badnets"),
-                    *, epochs: Sequence[int] = (3, 10, 30), seeds: int = 3, train_lr: float = PAPER_LR,
+                    *, epochs: Sequence[int] = (3, 10, 30), seeds: int | Sequence[int] = 3, train_lr: float = PAPER_LR,
                     samples: int = 200, probes: int = 30, purify_with: str | None = "ngf",
                     clean_fraction: float = 0.01, device: torch.device | str = "cpu", progress: bool = True,
                     json_path: str | Path | None = None, data_root=None, download: bool = False) -> dict[str, Any]:
     """Rows ``{"kind", "epochs", "seed", "acc", "asr", "lambda_max", "trace", "trace_std", ...}``
     (plus ``"purified"`` with the same measurements after ``purify_with``), and a summary with
-    mean ± std per (kind, epochs) and the backdoor / benign ratio of λmax and trace."""
+    mean ± std per (kind, epochs) and the backdoor / benign ratio of λmax and trace.
+
+    ``seeds`` is a count (seeds ``0..N-1``) or the seeds themselves, so that one job of a job
+    array can run one seed (or one kind) and ``merge_reports`` joins the jobs' reports."""
     unknown = [k for k in kinds if k != "clean" and k not in ATTACKS.names()]
     if unknown:
         raise NgfkitError(f"unknown model kind {unknown[0]!r}; use 'clean' or an attack from: {', '.join(ATTACKS.names())}")
-    if not epochs or min(epochs) < 1 or seeds < 1 or samples < 1:
-        raise NgfkitError("--epochs, --seeds and --samples must all be at least 1")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not epochs or min(epochs) < 1 or not seed_list or min(seed_list) < 0 or samples < 1:
+        raise NgfkitError("--epochs, --seeds and --samples must all be at least 1 (and seeds not negative)")
     report: dict[str, Any] = {"dataset": dataset, "arch": None, "train_lr": train_lr, "samples": samples,
                               "probes": probes, "clean_fraction": clean_fraction}
     report["arch"] = Experiment(dataset=dataset, arch=arch).arch
@@ -54,7 +58,7 @@ def bench_sharpness(dataset: str = "fashion-mnist", arch: str | None = None, kin
                    "versions": versions()})
     done = {(r["kind"], r["epochs"], r["seed"]) for r in report["rows"]}
     start = time.perf_counter()
-    for seed in range(seeds):
+    for seed in seed_list:
         splits = None
         for n_epochs in epochs:
             for kind in kinds:
@@ -65,7 +69,7 @@ def bench_sharpness(dataset: str = "fashion-mnist", arch: str | None = None, kin
                                  train=TrainConfig(epochs=n_epochs, lr=train_lr))
                 splits = splits or load_splits(exp, data_root, download)
                 trained = load_or_train(exp, splits, device=device, progress=progress)
-                row = {"kind": kind, "epochs": n_epochs, "seed": seed,
+                row = {"kind": kind, "epochs": n_epochs, "seed": seed, "device": str(device),
                        **evaluate(trained.model, splits.test, trained.attack, device=device),
                        **_sharpness(trained.model, splits.clean, samples, probes, seed, device)}
                 if trained.attack is not None and purify_with:
@@ -88,6 +92,25 @@ def bench_sharpness(dataset: str = "fashion-mnist", arch: str | None = None, kin
     if json_path:
         write_json(json_path, report)
     return report
+
+
+def merge_reports(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """One report from several ``bench sharpness`` reports made with the same settings (one per
+    job of a job array, say); a (kind, epochs, seed) row present twice is kept once, the first."""
+    reports = read_reports(paths, _settings, "sharpness", "rows")
+    merged = {**reports[0], "rows": [], "merged_from": [str(p) for p in paths]}
+    seen = set()
+    for report in reports:
+        for row in report["rows"]:
+            key = (row["kind"], row["epochs"], row["seed"])
+            if key not in seen:
+                seen.add(key)
+                merged["rows"].append(row)
+    merged["rows"].sort(key=lambda r: (r["seed"], r["epochs"], r["kind"] != "clean", r["kind"]))
+    merged["devices"] = sorted({r.get("device", report.get("device", "?")) for report in reports for r in report["rows"]})
+    merged["wall_seconds"] = sum(r.get("wall_seconds", 0.0) for r in reports)
+    merged["summary"] = summarise(merged)
+    return merged
 
 
 def _sharpness(model, clean, samples: int, probes: int, seed: int, device) -> dict[str, Any]:

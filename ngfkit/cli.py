@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     sharp_bench.add_argument("--kinds", default="clean,badnets", help="'clean' and/or attack names (default clean,badnets)")
     sharp_bench.add_argument("--epochs", default="3,10,30", help="training lengths, comma-separated (default 3,10,30)")
     sharp_bench.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    sharp_bench.add_argument("--seed-list", default=None, metavar="S,S,...",
+                             help="run these seeds instead of 0..N-1 (one job of a job array, say; "
+                             "join the jobs' reports with `ngfkit bench merge`)")
     sharp_bench.add_argument("--train-lr", type=float, default=0.1, help="training learning rate (default 0.1, the paper's)")
     sharp_bench.add_argument("--samples", type=int, default=200, help="clean images per measurement (default 200)")
     sharp_bench.add_argument("--probes", type=int, default=30, help="Hutch++ probes for the trace (default 30)")
@@ -164,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     sharp_bench.add_argument("--clean-fraction", type=float, default=0.01)
     _common(sharp_bench)
 
-    merge = bench_sub.add_parser("merge", help="merge bench defences reports of one benchmark (e.g. one per job)")
-    merge.add_argument("reports", nargs="+", help="bench defences JSON files")
+    merge = bench_sub.add_parser("merge", help="merge bench defences or bench sharpness reports of one benchmark "
+                                 "(e.g. one per job)")
+    merge.add_argument("reports", nargs="+", help="bench defences JSON files, or bench sharpness JSON files")
     merge.add_argument("--figure", metavar="PATH", default=None, help="also write the ASR vs ACC-drop scatter (HTML)")
     merge.add_argument("--json", metavar="PATH", default=None, help="write the merged report here")
     merge.add_argument("--quiet", action="store_true")
@@ -457,6 +461,23 @@ def _show_defence_report(report: dict, settings: Sequence[str], figure: str | No
         print(f"wrote {figure}")
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise NgfkitError(f"{option} takes whole numbers separated by commas, got {text!r}") from None
+
+
+def _is_sharpness_report(path: str) -> bool:
+    """Whether ``path`` looks like a ``bench sharpness`` report (rows) rather than a defences one;
+    unreadable files are left to the merge, which names the problem."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "rows" in report and "cells" not in report
+
+
 def cmd_bench(args: argparse.Namespace) -> dict:
     from .bench import attack_table, bench_attacks
     from .utils import resolve_device
@@ -464,6 +485,13 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if args.bench_command == "merge":
         from .bench_defences import SETTINGS, merge_reports
 
+        if _is_sharpness_report(args.reports[0]):
+            from .bench_sharpness import merge_reports as merge_sharpness, sharpness_table
+
+            report = merge_sharpness(args.reports)
+            if not args.quiet:
+                print(sharpness_table(report))
+            return report
         if args.figure:
             _check_output(args.figure, ".html")
         report = merge_reports(args.reports)
@@ -474,12 +502,10 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if args.bench_command == "sharpness":
         from .bench_sharpness import bench_sharpness, sharpness_table
 
-        try:
-            epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
-        except ValueError:
-            raise NgfkitError(f"--epochs takes whole numbers separated by commas, got {args.epochs!r}") from None
+        epochs = _int_list(args.epochs, "--epochs")
+        seeds = _int_list(args.seed_list, "--seed-list") if args.seed_list else args.seeds
         report = bench_sharpness(args.dataset, args.arch, [k.strip() for k in args.kinds.split(",") if k.strip()],
-                                 epochs=epochs, seeds=args.seeds, train_lr=args.train_lr, samples=args.samples,
+                                 epochs=epochs, seeds=seeds, train_lr=args.train_lr, samples=args.samples,
                                  probes=args.probes, purify_with=None if args.no_purify else "ngf",
                                  clean_fraction=args.clean_fraction, device=device, progress=not args.quiet,
                                  json_path=args.json, data_root=args.data_root, download=args.download)

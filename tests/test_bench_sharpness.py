@@ -1,9 +1,12 @@
 """The sharpness benchmark's summary, table and input errors (the measurements themselves are
 tested against exact Hessians in test_sharpness.py)."""
+import json
+
 import pytest
 from errors_helper import one_line_error
 
-from ngfkit.bench_sharpness import bench_sharpness, sharpness_table, summarise
+from ngfkit.bench_sharpness import bench_sharpness, merge_reports, sharpness_table, summarise
+from ngfkit.cli import main
 
 
 def fake_report():
@@ -37,3 +40,42 @@ def test_bad_benchmark_input_is_one_line():
     one_line_error(lambda: bench_sharpness(kinds=("clean", "nope")))
     one_line_error(lambda: bench_sharpness(epochs=(0,)))
     one_line_error(lambda: bench_sharpness(seeds=0))
+    one_line_error(lambda: bench_sharpness(seeds=[]))
+    one_line_error(lambda: bench_sharpness(seeds=[-1]))
+
+
+def write_job_reports(tmp_path):
+    """The fake benchmark split as a job array would run it: one report per (seed, kind)."""
+    report = fake_report()
+    paths = []
+    for row in report["rows"]:
+        path = tmp_path / f"{row['kind']}-s{row['seed']}.json"
+        path.write_text(json.dumps({**report, "rows": [row], "wall_seconds": 1.0}))
+        paths.append(path)
+    return report, paths
+
+
+def test_merge_joins_job_reports_into_the_whole_benchmark(tmp_path):
+    report, paths = write_job_reports(tmp_path)
+    merged = merge_reports(paths + paths[:1])  # a report given twice adds nothing
+    assert len(merged["rows"]) == 4 and merged["wall_seconds"] == 5.0
+    assert merged["summary"] == summarise(report)
+    assert [(r["seed"], r["kind"]) for r in merged["rows"]] == [(0, "clean"), (0, "badnets"), (1, "clean"), (1, "badnets")]
+
+
+def test_merge_refuses_other_settings_and_other_reports(tmp_path):
+    _, paths = write_job_reports(tmp_path)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.loads(paths[0].read_text()), "samples": 500}))
+    assert "samples" in one_line_error(lambda: merge_reports([paths[0], other]))
+    defences = tmp_path / "defences.json"
+    defences.write_text(json.dumps({"dataset": "fashion-mnist", "cells": []}))
+    assert "not a bench sharpness report" in one_line_error(lambda: merge_reports([defences]))
+
+
+def test_cli_merge_recognises_sharpness_reports(tmp_path, capsys):
+    _, paths = write_job_reports(tmp_path)
+    out = tmp_path / "merged.json"
+    assert main(["bench", "merge", *map(str, paths), "--json", str(out)]) == 0
+    assert "| badnets | 3 | 2 | 90.00 | 22.00 ± 1.41" in capsys.readouterr().out
+    assert len(json.loads(out.read_text())["rows"]) == 4
