@@ -123,11 +123,14 @@ def _mean_std(values: list[float]) -> list[float]:
 
 
 def summarise(report: dict) -> list[dict]:
-    """Mean ± std of λmax and trace per (kind, epochs), with the ratio to the benign models'."""
+    """Mean ± std of λmax and trace per (kind, epochs), with the ratio of the means to the benign
+    models' and the ratio seed by seed (a benign and a backdoored model of one seed share their
+    initialisation and batch order, so their ratio is the paired comparison)."""
     rows = report["rows"]
     out = []
     for n_epochs in sorted({r["epochs"] for r in rows}):
         benign = [r for r in rows if r["kind"] == "clean" and r["epochs"] == n_epochs]
+        benign_by_seed = {r["seed"]: r for r in benign}
         for kind in sorted({r["kind"] for r in rows if r["epochs"] == n_epochs}, key=lambda k: (k != "clean", k)):
             group = [r for r in rows if r["kind"] == kind and r["epochs"] == n_epochs]
             entry: dict[str, Any] = {"kind": kind, "epochs": n_epochs, "seeds": len(group)}
@@ -136,6 +139,9 @@ def summarise(report: dict) -> list[dict]:
             if benign and kind != "clean":
                 for field in ("lambda_max", "trace"):
                     entry[f"{field}_ratio"] = entry[field][0] / statistics.fmean(r[field] for r in benign)
+                    entry[f"{field}_seed_ratios"] = [r[field] / benign_by_seed[r["seed"]][field]
+                                                     for r in sorted(group, key=lambda r: r["seed"])
+                                                     if r["seed"] in benign_by_seed]
             purified = [r["purified"] for r in group if "purified" in r]
             if purified:
                 entry["purified"] = {f: _mean_std([p[f] for p in purified]) for f in ("lambda_max", "trace", "acc", "asr")}
@@ -143,15 +149,26 @@ def summarise(report: dict) -> list[dict]:
     return out
 
 
+def _ratio_cell(entry: dict, field: str) -> str:
+    ratio = entry.get(f"{field}_ratio")
+    if ratio is None:
+        return "–"
+    per_seed = entry.get(f"{field}_seed_ratios") or []
+    return f"{ratio:.2f}" + (f" ({min(per_seed):.2f}–{max(per_seed):.2f})" if len(per_seed) > 1 else "")
+
+
 def sharpness_table(report: dict) -> str:
+    """A Markdown table of :func:`summarise`: one row per (kind, epochs); ratios are backdoored /
+    benign (ratio of the means, and in brackets the range of the per-seed ratios)."""
     lines = [f"{report['dataset']}, {report['arch']}, train lr {report['train_lr']}, {report['samples']} clean images",
-             "", "| model | epochs | seeds | C-ACC % | λmax | trace | λmax ratio to benign | λmax after NGF |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for e in report.get("summary") or summarise(report):
-        after = e.get("purified", {}).get("lambda_max")
-        ratio = e.get("lambda_max_ratio")
+             "", "| model | epochs | seeds | C-ACC % | λmax | trace | λmax ratio to benign | trace ratio to benign "
+             "| after NGF: ASR % | after NGF: λmax |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in summarise(report):  # not the stored summary: a report written by an older version lacks fields
+        after = e.get("purified", {})
         lines.append(f"| {e['kind']} | {e['epochs']} | {e['seeds']} | {e['acc'][0]:.2f} | "
                      f"{e['lambda_max'][0]:.2f} ± {e['lambda_max'][1]:.2f} | {e['trace'][0]:.1f} ± {e['trace'][1]:.1f} | "
-                     f"{'–' if ratio is None else f'{ratio:.2f}'} | "
-                     f"{'–' if after is None else f'{after[0]:.2f} ± {after[1]:.2f}'} |")
+                     f"{_ratio_cell(e, 'lambda_max')} | {_ratio_cell(e, 'trace')} | "
+                     + (f"{after['asr'][0]:.1f} ± {after['asr'][1]:.1f} | {after['lambda_max'][0]:.1f} ± "
+                        f"{after['lambda_max'][1]:.1f} |" if after else "– | – |"))
     return "\n".join(lines)

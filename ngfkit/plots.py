@@ -177,6 +177,50 @@ def spectrum_figure(density: dict, *, title: str | None = None):
     return figure
 
 
+def sharpness_vs_training_figure(report: dict, *, purified: bool = True, title: str | None = None):
+    """λmax and Hessian trace against training length from a ``bench sharpness`` report: one
+    marker per model (seed), a line through the means per kind, log axes; with ``purified`` the
+    backdoored models after NGF too (dashed)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = report.get("rows") or []
+    if not rows:
+        raise NgfkitError("sharpness_vs_training_figure needs a bench sharpness report with rows")
+    series: dict[str, list[tuple[int, int, dict]]] = {}
+    for row in rows:
+        series.setdefault("benign" if row["kind"] == "clean" else row["kind"], []).append((row["epochs"], row["seed"], row))
+        if purified and "purified" in row:
+            series.setdefault(f"{row['kind']} after {row['purified'].get('defense', 'ngf')}", []).append(
+                (row["epochs"], row["seed"], row["purified"]))
+    fields = (("lambda_max", "top Hessian eigenvalue λmax"), ("trace", "Hessian trace"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[name for _, name in fields], horizontal_spacing=0.1)
+    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+    for index, (name, points) in enumerate(series.items()):
+        colour = colours[index % len(colours)]
+        epochs = sorted({e for e, _, _ in points})
+        for col, (field, _) in enumerate(fields, start=1):
+            fig.add_trace(go.Scatter(
+                x=[e for e, _, _ in points], y=[r[field] for _, _, r in points], mode="markers", name=name,
+                legendgroup=name, showlegend=False, marker={"color": colour, "size": 7, "opacity": 0.6},
+                text=[f"seed {s}" for _, s, _ in points],
+                hovertemplate=f"{name}, %{{text}}<br>%{{x}} epochs<br>{field} = %{{y:.4g}}<extra></extra>"), row=1, col=col)
+            means = [sum(r[field] for e2, _, r in points if e2 == e) / sum(1 for e2, _, _ in points if e2 == e)
+                     for e in epochs]
+            fig.add_trace(go.Scatter(
+                x=epochs, y=means, mode="lines", name=name, legendgroup=name, showlegend=col == 1,
+                line={"color": colour, "dash": "dash" if " after " in name else "solid"},
+                hovertemplate=f"{name}, mean<br>%{{x}} epochs<br>{field} = %{{y:.4g}}<extra></extra>"), row=1, col=col)
+    fig.update_xaxes(type="log", title_text="training epochs (SGD, lr %s; log scale)" % report.get("train_lr", "?"))
+    fig.update_yaxes(type="log", title_text="λmax of the clean loss (nats per unit weight², log scale)", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="trace of the Hessian of the clean loss (log scale)", row=1, col=2)
+    fig.update_layout(title=title or (f"Sharpness against training length ({report.get('dataset', '?')}, "
+                                      f"{report.get('arch', '?')}, {report.get('samples', '?')} clean images; "
+                                      "markers: one model each, lines: means)"),
+                      template="plotly_white", height=440)
+    return fig
+
+
 def _loss_axis_title(result: dict) -> str:
     if result.get("kind") == "interpolation":
         return "α along the line θ(α) = (1 − α) θ_A + α θ_B (0 = model A, 1 = model B)"

@@ -27,13 +27,16 @@ def test_summary_gives_means_and_the_backdoor_to_benign_ratio():
     assert summary["badnets"]["lambda_max_ratio"] == pytest.approx(22.0 / 10.5)
     assert summary["badnets"]["trace_ratio"] == pytest.approx(1.5)
     assert summary["badnets"]["purified"]["lambda_max"] == [5.0, 0.0]
+    assert summary["badnets"]["lambda_max_seed_ratios"] == pytest.approx([21.0 / 10.0, 23.0 / 11.0])
     assert "lambda_max_ratio" not in summary["clean"]
 
 
 def test_table_has_one_row_per_kind_and_length():
     table = sharpness_table(fake_report()).splitlines()
-    assert table[-2].startswith("| clean | 3 | 2 | 91.00 | 10.50 ± 0.71") and table[-2].count("–") == 2
-    assert table[-1].startswith("| badnets | 3 | 2 | 90.00 | 22.00 ± 1.41") and "| 2.10 | 5.00 ± 0.00 |" in table[-1]
+    assert table[-2].startswith("| clean | 3 | 2 | 91.00 | 10.50 ± 0.71") and table[-2].count("–") == 4
+    assert table[-1].startswith("| badnets | 3 | 2 | 90.00 | 22.00 ± 1.41")
+    # ratio of the means, then the range of the per-seed ratios (21/10 and 23/11); after NGF: ASR, λmax
+    assert table[-1].endswith("| 2.10 (2.09–2.10) | 1.50 (1.50–1.50) | 1.0 ± 0.0 | 5.0 ± 0.0 |")
 
 
 def test_bad_benchmark_input_is_one_line():
@@ -79,3 +82,20 @@ def test_cli_merge_recognises_sharpness_reports(tmp_path, capsys):
     assert main(["bench", "merge", *map(str, paths), "--json", str(out)]) == 0
     assert "| badnets | 3 | 2 | 90.00 | 22.00 ± 1.41" in capsys.readouterr().out
     assert len(json.loads(out.read_text())["rows"]) == 4
+
+
+def test_training_length_figure_has_markers_per_model_and_mean_lines():
+    from ngfkit.plots import sharpness_vs_training_figure
+
+    figure = sharpness_vs_training_figure(fake_report())
+    names = {t.name for t in figure.data}
+    assert names == {"benign", "badnets", "badnets after ngf"}
+    # per series and panel: one marker trace (a point per model) and one line through the means
+    assert len(figure.data) == 3 * 2 * 2
+    benign_markers = next(t for t in figure.data if t.name == "benign" and t.mode == "markers")
+    assert list(benign_markers.y) == [10.0, 11.0]
+    benign_line = next(t for t in figure.data if t.name == "benign" and t.mode == "lines")
+    assert list(benign_line.y) == [10.5]
+    assert figure.layout.xaxis.type == "log" and figure.layout.yaxis.type == "log" and figure.layout.xaxis.title.text
+    assert len(sharpness_vs_training_figure(fake_report(), purified=False).data) == 2 * 2 * 2
+    one_line_error(lambda: sharpness_vs_training_figure({"rows": []}))
