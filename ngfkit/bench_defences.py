@@ -222,6 +222,32 @@ def defence_table(report: dict, setting: str = "selected") -> str:
     return "\n".join(lines)
 
 
+def training_length_table(reports: Sequence[dict], attack: str = "badnets", setting: str = "selected",
+                          defences: Sequence[str] | None = None) -> str:
+    """Markdown: one row per report (a training length of the backdoored models), ASR % left by
+    each defence on ``attack`` (C-ACC drop in points), mean over seeds; ``–`` where not run."""
+    reports = sorted((r for r in reports if any(c["attack"] == attack for c in r["cells"])),
+                     key=lambda r: r["train"]["epochs"])
+    if not reports:
+        raise NgfkitError(f"none of the reports holds the attack {attack!r}")
+    if defences is None:
+        defences = list(dict.fromkeys(c["defense"] for r in reports for c in r["cells"]
+                                      if c["attack"] == attack and c["setting"] == setting))
+    lines = ["| epochs | train lr | seeds | ASR before | " + " | ".join(defences) + " |",
+             "| --- " * (len(defences) + 4) + "|"]
+    for report in reports:
+        before = [b["asr"] for b in report["before"] if b["attack"] == attack]
+        seeds = sorted({c["seed"] for c in report["cells"] if c["attack"] == attack})
+        cells = []
+        for defence in defences:
+            asr = cell_mean(report, attack, defence, "asr", setting)
+            cells.append("–" if asr is None else
+                         f"{asr:.1f} ({cell_mean(report, attack, defence, 'acc_drop', setting):+.1f})")
+        lines.append(f"| {report['train']['epochs']} | {report['train']['lr']} | {len(seeds)} | "
+                     f"{statistics.fmean(before):.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def merge_reports(paths: Sequence[str | Path]) -> dict[str, Any]:
     """One report from several ``bench defences`` reports made with the same settings (say, one
     per SLURM job, each running some attacks or defences); a cell present twice is kept once."""

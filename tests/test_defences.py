@@ -168,6 +168,19 @@ def test_summary_means_and_table():
     assert "| badnets | 100.0 | 1.5 (+2.0) | 80.5 (+1.0) |" in table
 
 
+def test_training_length_table_has_a_row_per_training_length():
+    from ngfkit.bench_defences import training_length_table
+
+    short = {**fake_report(), "train": {"epochs": 1, "lr": 0.05}}
+    long = {**fake_report(), "train": {"epochs": 30, "lr": 0.1}}
+    long["cells"] = [{**c, "asr": c["asr"] + 50.0} for c in long["cells"] if c["defense"] == "ngf"]
+    table = training_length_table([long, short]).splitlines()
+    assert table[0] == "| epochs | train lr | seeds | ASR before | ngf | ft |"
+    assert table[2] == "| 1 | 0.05 | 2 | 100.0 | 1.5 (+2.0) | 80.5 (+1.0) |"
+    assert table[3] == "| 30 | 0.1 | 2 | 100.0 | 51.5 (+2.0) | – |"  # ft was not run on it
+    assert "none of the reports" in one_line_error(lambda: training_length_table([short], attack="wanet"))
+
+
 def test_defence_scatter_has_one_marker_per_defence():
     from ngfkit.plots import defence_scatter
 
