@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge = bench_sub.add_parser("merge", help="merge bench defences or bench sharpness reports of one benchmark "
                                  "(e.g. one per job)")
     merge.add_argument("reports", nargs="+", help="bench defences JSON files, or bench sharpness JSON files")
-    merge.add_argument("--figure", metavar="PATH", default=None, help="also write the ASR vs ACC-drop scatter (HTML)")
+    merge.add_argument("--figure", metavar="PATH", default=None,
+                       help="also write a figure as HTML: the ASR vs ACC-drop scatter (defences) or "
+                       "λmax and trace against training length (sharpness)")
     merge.add_argument("--json", metavar="PATH", default=None, help="write the merged report here")
     merge.add_argument("--quiet", action="store_true")
     merge.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -485,15 +487,19 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if args.bench_command == "merge":
         from .bench_defences import SETTINGS, merge_reports
 
+        if args.figure:
+            _check_output(args.figure, ".html")
         if _is_sharpness_report(args.reports[0]):
             from .bench_sharpness import merge_reports as merge_sharpness, sharpness_table
+            from .plots import sharpness_vs_training_figure, write_html
 
             report = merge_sharpness(args.reports)
             if not args.quiet:
                 print(sharpness_table(report))
+            if args.figure:
+                write_html(sharpness_vs_training_figure(report), args.figure)
+                print(f"wrote {args.figure}")
             return report
-        if args.figure:
-            _check_output(args.figure, ".html")
         report = merge_reports(args.reports)
         _show_defence_report(report, [s for s in SETTINGS if any(c["setting"] == s for c in report["cells"])],
                              args.figure)

@@ -78,10 +78,11 @@ def test_merge_refuses_other_settings_and_other_reports(tmp_path):
 
 def test_cli_merge_recognises_sharpness_reports(tmp_path, capsys):
     _, paths = write_job_reports(tmp_path)
-    out = tmp_path / "merged.json"
-    assert main(["bench", "merge", *map(str, paths), "--json", str(out)]) == 0
+    out, figure = tmp_path / "merged.json", tmp_path / "sharpness.html"
+    assert main(["bench", "merge", *map(str, paths), "--json", str(out), "--figure", str(figure)]) == 0
     assert "| badnets | 3 | 2 | 90.00 | 22.00 ± 1.41" in capsys.readouterr().out
     assert len(json.loads(out.read_text())["rows"]) == 4
+    assert "λmax" in figure.read_text()
 
 
 def test_training_length_figure_has_markers_per_model_and_mean_lines():
