@@ -226,7 +226,7 @@ def _defence_kwargs(args: argparse.Namespace) -> dict[str, Any]:
              "reg_strength": "reg_strength"}
     options = {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
     if getattr(args, "layers", None):
-        options["layers"] = tuple(s.strip() for s in args.layers.split(",") if s.strip())
+        options["layers"] = tuple(_comma_list(args.layers))
     options.update(_attack_params(getattr(args, "defense_param", []), "--defense-param"))
     options["seed"] = args.seed
     return options
@@ -414,7 +414,7 @@ def cmd_sharpness(args: argparse.Namespace) -> dict:
     data = clean if args.split == "clean" else test
     if args.samples < 1:
         raise NgfkitError(f"--samples must be at least 1, got {args.samples}")
-    params = args.params if args.params in ("all", "last") else [p.strip() for p in args.params.split(",") if p.strip()]
+    params = args.params if args.params in ("all", "last") else _comma_list(args.params)
     result = measure(model, data, params=params, samples=min(args.samples, len(data)), k=args.top_k,
                      probes=args.probes, tol=args.tol, seed=args.seed, device=device)
     print(f"lambda_max {result['lambda_max']:.4g}  top-{args.top_k} {[round(v, 4) for v in result['top_k']]}"
@@ -463,9 +463,14 @@ def _show_defence_report(report: dict, settings: Sequence[str], figure: str | No
         print(f"wrote {figure}")
 
 
+def _comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _int_list(text: str, option: str) -> list[int]:
     try:
-        return [int(e) for e in text.split(",") if e.strip()]
+        return [int(e) for e in _comma_list(text)]
     except ValueError:
         raise NgfkitError(f"{option} takes whole numbers separated by commas, got {text!r}") from None
 
@@ -510,7 +515,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
         epochs = _int_list(args.epochs, "--epochs")
         seeds = _int_list(args.seed_list, "--seed-list") if args.seed_list else args.seeds
-        report = bench_sharpness(args.dataset, args.arch, [k.strip() for k in args.kinds.split(",") if k.strip()],
+        report = bench_sharpness(args.dataset, args.arch, _comma_list(args.kinds),
                                  epochs=epochs, seeds=seeds, train_lr=args.train_lr, samples=args.samples,
                                  probes=args.probes, purify_with=None if args.no_purify else "ngf",
                                  clean_fraction=args.clean_fraction, device=device, progress=not args.quiet,
@@ -522,7 +527,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
         if args.figure:
             _check_output(args.figure, ".html")
-        settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+        settings = _comma_list(args.settings)
         report = bench_defences(args.dataset, args.arch, args.attacks, args.defenses, seeds=args.seeds,
                                 acc_budget=args.acc_budget, holdout=args.holdout, settings=settings,
                                 train=_train_config(args), clean_fraction=args.clean_fraction, device=device,

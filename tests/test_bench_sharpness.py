@@ -100,3 +100,11 @@ def test_training_length_figure_has_markers_per_model_and_mean_lines():
     assert figure.layout.xaxis.type == "log" and figure.layout.yaxis.type == "log" and figure.layout.xaxis.title.text
     assert len(sharpness_vs_training_figure(fake_report(), purified=False).data) == 2 * 2 * 2
     one_line_error(lambda: sharpness_vs_training_figure({"rows": []}))
+
+
+def test_cli_rejects_bad_number_lists_in_one_line(capsys):
+    for argv, needle in ((["--epochs", "3,x"], "--epochs takes whole numbers"),
+                         (["--seed-list", "1,two"], "--seed-list takes whole numbers")):
+        assert main(["bench", "sharpness", *argv, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
