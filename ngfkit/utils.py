@@ -74,7 +74,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def versions() -> dict[str, str]:
-    """Versions that a result depends on, recorded next to every result."""
+    """Versions that a result depends on, recorded next to every result (with the GPU's name,
+    since timings and even curvature estimates are compared across machines)."""
     import torchvision
 
     from . import __version__
@@ -85,6 +86,7 @@ def versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
         "cuda": torch.version.cuda or "none",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     }
 
 
