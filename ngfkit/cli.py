@@ -509,6 +509,11 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         _show_defence_report(report, [s for s in SETTINGS if any(c["setting"] == s for c in report["cells"])],
                              args.figure)
         return report
+    if args.bench_command != "attacks" and args.seed != 0:
+        # --seed comes with every command, but these run a set of seeds
+        alternative = " or the seeds of --seed-list S,..." if args.bench_command == "sharpness" else ""
+        raise NgfkitError(f"bench {args.bench_command} does not take --seed: it runs seeds 0..N-1 with --seeds N"
+                          f"{alternative}")
     device = resolve_device(args.device)
     if args.bench_command == "sharpness":
         from .bench_sharpness import bench_sharpness, sharpness_table

@@ -104,7 +104,8 @@ def test_training_length_figure_has_markers_per_model_and_mean_lines():
 
 def test_cli_rejects_bad_number_lists_in_one_line(capsys):
     for argv, needle in ((["--epochs", "3,x"], "--epochs takes whole numbers"),
-                         (["--seed-list", "1,two"], "--seed-list takes whole numbers")):
+                         (["--seed-list", "1,two"], "--seed-list takes whole numbers"),
+                         (["--seed", "2"], "does not take --seed")):
         assert main(["bench", "sharpness", *argv, "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
