@@ -195,6 +195,12 @@ def cell_mean(report: dict, attack: str, defense: str, metric: str, setting: str
     return statistics.fmean(values) if values else None
 
 
+def _asr_cell(report: dict, attack: str, defence: str, setting: str) -> str:
+    """``"ASR (C-ACC drop)"`` of one (attack, defence), mean over seeds; ``–`` if never run."""
+    asr = cell_mean(report, attack, defence, "asr", setting)
+    return "–" if asr is None else f"{asr:.1f} ({cell_mean(report, attack, defence, 'acc_drop', setting):+.1f})"
+
+
 def defence_table(report: dict, setting: str = "selected") -> str:
     """Markdown: one row per defence (mean ± std over attacks and seeds), then ASR per attack."""
     summary = [r for r in report.get("summary") or summarise(report) if r["setting"] == setting]
@@ -213,11 +219,7 @@ def defence_table(report: dict, setting: str = "selected") -> str:
               "| attack | before | " + " | ".join(defences) + " |", "| --- " * (len(defences) + 2) + "|"]
     for attack in attacks:
         before = [b["asr"] for b in report["before"] if b["attack"] == attack]
-        cells = []
-        for defence in defences:
-            asr = cell_mean(report, attack, defence, "asr", setting)
-            cells.append("–" if asr is None else
-                         f"{asr:.1f} ({cell_mean(report, attack, defence, 'acc_drop', setting):+.1f})")
+        cells = [_asr_cell(report, attack, defence, setting) for defence in defences]
         lines.append(f"| {attack} | {statistics.fmean(before):.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -238,11 +240,7 @@ def training_length_table(reports: Sequence[dict], attack: str = "badnets", sett
     for report in reports:
         before = [b["asr"] for b in report["before"] if b["attack"] == attack]
         seeds = sorted({c["seed"] for c in report["cells"] if c["attack"] == attack})
-        cells = []
-        for defence in defences:
-            asr = cell_mean(report, attack, defence, "asr", setting)
-            cells.append("–" if asr is None else
-                         f"{asr:.1f} ({cell_mean(report, attack, defence, 'acc_drop', setting):+.1f})")
+        cells = [_asr_cell(report, attack, defence, setting) for defence in defences]
         lines.append(f"| {report['train']['epochs']} | {report['train']['lr']} | {len(seeds)} | "
                      f"{statistics.fmean(before):.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Plotly figures used by the book (kept here so that chapters only call them)."""
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -205,8 +206,7 @@ def sharpness_vs_training_figure(report: dict, *, purified: bool = True, title: 
                 legendgroup=name, showlegend=False, marker={"color": colour, "size": 7, "opacity": 0.6},
                 text=[f"seed {s}" for _, s, _ in points],
                 hovertemplate=f"{name}, %{{text}}<br>%{{x}} epochs<br>{field} = %{{y:.4g}}<extra></extra>"), row=1, col=col)
-            means = [sum(r[field] for e2, _, r in points if e2 == e) / sum(1 for e2, _, _ in points if e2 == e)
-                     for e in epochs]
+            means = [statistics.fmean(r[field] for e2, _, r in points if e2 == e) for e in epochs]
             fig.add_trace(go.Scatter(
                 x=epochs, y=means, mode="lines", name=name, legendgroup=name, showlegend=col == 1,
                 line={"color": colour, "dash": "dash" if " after " in name else "solid"},
