@@ -149,7 +149,9 @@ def summarise(report: dict) -> list[dict]:
     return out
 
 
-def _ratio_cell(entry: dict, field: str) -> str:
+def ratio_text(entry: dict, field: str) -> str:
+    """``"1.27 (1.13–1.38)"``: the backdoored / benign ratio of ``field`` ("lambda_max" or "trace")
+    in one :func:`summarise` entry, with the range of the per-seed ratios; ``–`` for benign rows."""
     ratio = entry.get(f"{field}_ratio")
     if ratio is None:
         return "–"
@@ -168,7 +170,7 @@ def sharpness_table(report: dict) -> str:
         after = e.get("purified", {})
         lines.append(f"| {e['kind']} | {e['epochs']} | {e['seeds']} | {e['acc'][0]:.2f} | "
                      f"{e['lambda_max'][0]:.2f} ± {e['lambda_max'][1]:.2f} | {e['trace'][0]:.1f} ± {e['trace'][1]:.1f} | "
-                     f"{_ratio_cell(e, 'lambda_max')} | {_ratio_cell(e, 'trace')} | "
+                     f"{ratio_text(e, 'lambda_max')} | {ratio_text(e, 'trace')} | "
                      + (f"{after['asr'][0]:.1f} ± {after['asr'][1]:.1f} | {after['lambda_max'][0]:.1f} ± "
                         f"{after['lambda_max'][1]:.1f} |" if after else "– | – |"))
     return "\n".join(lines)
