@@ -28,6 +28,6 @@ step "jupyter-book build (warnings are errors)"
 jupyter-book build . -W
 
 step "built HTML in headless Chromium"
-python -m ngfkit.book_check _build/html
+python -m ngfkit.book.check _build/html
 
 step "done in $(( $(date +%s) - start )) s"

@@ -402,7 +402,7 @@ def test_asr_counts_only_the_images_an_attack_targets() -> None:
 
 
 def test_the_registry_holds_the_papers_attack_zoo() -> None:
-    from ngfkit.bench import PAPER_ATTACKS
+    from ngfkit.bench.attacks import PAPER_ATTACKS
 
     assert set(PAPER_ATTACKS) <= set(ATTACKS.names())
     assert len(PAPER_ATTACKS) == 15

@@ -5,7 +5,7 @@ import json
 import pytest
 from errors_helper import one_line_error
 
-from ngfkit.bench_sharpness import bench_sharpness, merge_reports, sharpness_table, summarise
+from ngfkit.bench.sharpness import bench_sharpness, merge_reports, sharpness_table, summarise
 from ngfkit.cli import main
 
 
@@ -86,7 +86,7 @@ def test_cli_merge_recognises_sharpness_reports(tmp_path, capsys):
 
 
 def test_training_length_figure_has_markers_per_model_and_mean_lines():
-    from ngfkit.plots import sharpness_vs_training_figure
+    from ngfkit.viz.plots import sharpness_vs_training_figure
 
     figure = sharpness_vs_training_figure(fake_report())
     names = {t.name for t in figure.data}

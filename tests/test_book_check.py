@@ -1,5 +1,5 @@
 """The built-book checker's parsing, on hand-written DOM snippets (no browser needed)."""
-from ngfkit.book_check import PageScan, chapter_pages
+from ngfkit.book.check import PageScan, chapter_pages
 
 
 def scan(dom: str) -> PageScan:

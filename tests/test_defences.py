@@ -6,7 +6,7 @@ import torch
 from defence_helpers import state, tiny_clean, tiny_model
 from errors_helper import one_line_error
 
-from ngfkit.bench_defences import _only_head_changed, _split_grid, defence_table, summarise
+from ngfkit.bench.defences import _only_head_changed, _split_grid, defence_table, summarise
 from ngfkit.cli import main
 from ngfkit.defences import DEFENCES, purify
 from ngfkit.defences.selection import holdout_split, select_and_purify
@@ -169,7 +169,7 @@ def test_summary_means_and_table():
 
 
 def test_training_length_table_has_a_row_per_training_length():
-    from ngfkit.bench_defences import training_length_table
+    from ngfkit.bench.defences import training_length_table
 
     short = {**fake_report(), "train": {"epochs": 1, "lr": 0.05}}
     long = {**fake_report(), "train": {"epochs": 30, "lr": 0.1}}
@@ -182,7 +182,7 @@ def test_training_length_table_has_a_row_per_training_length():
 
 
 def test_defence_scatter_has_one_marker_per_defence():
-    from ngfkit.plots import defence_scatter
+    from ngfkit.viz.plots import defence_scatter
 
     figure = defence_scatter(fake_report())
     assert list(figure.data[0].text) == ["ngf", "ft"]
@@ -205,7 +205,7 @@ def test_bench_defences_cli_rejects_bad_input_in_one_line(capsys, tmp_path):
 
 
 def test_merge_joins_reports_of_one_benchmark_and_refuses_others(tmp_path):
-    from ngfkit.bench_defences import merge_reports
+    from ngfkit.bench.defences import merge_reports
 
     settings = {"holdout": 0.2, "clean_fraction": 0.01, "train": {"epochs": 1}}
     first, second = {**fake_report(), **settings}, {**fake_report(), **settings}

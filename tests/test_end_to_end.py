@@ -120,7 +120,7 @@ def test_bench_attacks_writes_the_report_and_resumes_from_the_cache(small_fashio
 
 
 def test_attack_table_marks_missed_goals():
-    from ngfkit.bench import attack_table
+    from ngfkit.bench.attacks import attack_table
 
     row = {"attack": "x", "acc": 85.0, "acc_drop": 5.0, "asr": 95.0, "ra": 1.0, "seconds": 3.0,
            "goal": {"met": False, "asr_min": 90.0, "acc_drop_max": 2.0}}

@@ -12,7 +12,7 @@ from image_helpers import rand_images
 
 from ngfkit.attacks import ATTACKS, create_attack
 from ngfkit.attacks.style import FeatureSpaceBackdoor
-from ngfkit.explorer import (
+from ngfkit.viz.explorer import (
     FAMILY_ORDER,
     SHORT_FIT,
     STRENGTH,
@@ -31,7 +31,7 @@ from ngfkit.explorer import (
     with_strength,
 )
 from ngfkit.metrics import accuracy, attack_success_rate, robust_accuracy
-from ngfkit.plots import explorer_figure
+from ngfkit.viz.plots import explorer_figure
 
 SHAPE = (1, 28, 28)
 LABELS = torch.arange(20) % 10  # two images of every class

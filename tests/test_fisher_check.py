@@ -6,11 +6,11 @@ import torch.nn.functional as F
 
 from defence_helpers import tiny_clean, tiny_model
 from ngfkit.errors import NgfkitError
-from ngfkit.fisher import eigenbasis_scales, softmax_output_gradients, with_bias_column
-from ngfkit.fisher_check import (compare_fisher, curvlinops_reference, damped_solve, direction_error_figure,
+from ngfkit.curvature.fisher import eigenbasis_scales, softmax_output_gradients, with_bias_column
+from ngfkit.studies.fisher_check import (compare_fisher, curvlinops_reference, damped_solve, direction_error_figure,
                                  ekfac_scales, exact_fisher, fisher_example, fisher_heatmaps_figure, kfac_pair,
                                  kronecker_state, output_fisher, rotate)
-from ngfkit.ngf import layer_matrix
+from ngfkit.defences.natural_gradient import layer_matrix
 
 from defence_helpers import LINEAR_IN as D, LINEAR_OUT as C, LINEAR_SAMPLES as N
 
@@ -92,7 +92,7 @@ def test_ekfac_scales_are_the_diagonal_of_the_rotated_fisher_and_beat_kfac(linea
     scales = ekfac_scales(a, m, state.q_a, state.q_g)
     rotated = rotate(fisher, state.q_g, state.q_a)
     assert torch.allclose(rotated.diagonal(), scales.flatten(), atol=1e-12)
-    # the same as ngfkit.fisher's EKFAC scales from per-sample gradients
+    # the same as ngfkit.curvature.fisher's EKFAC scales from per-sample gradients
     g = softmax_output_gradients(layer(x).detach(), y)
     assert torch.allclose(scales, eigenbasis_scales(a, g, state.q_a, state.q_g), atol=1e-12)
     # the reported EKFAC error is that of the dense EKFAC matrix, and never above K-FAC's

@@ -13,7 +13,7 @@ nbformat = pytest.importorskip("nbformat")
 
 from errors_helper import one_line_error  # noqa: E402
 
-from ngfkit import grid  # noqa: E402
+from ngfkit.book import grid  # noqa: E402
 from ngfkit.cli import main  # noqa: E402
 
 PARAMS = 'x = 1  # a number\nname = "a"\nrate = 0.5\nflag = False\nitems = [1, 2]\n'

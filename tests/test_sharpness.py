@@ -18,7 +18,8 @@ from torch.func import functional_call
 
 from defence_helpers import state, tiny_clean, tiny_model
 from errors_helper import one_line_error
-from ngfkit import landscape, plots, sharpness
+from ngfkit.curvature import landscape, sharpness
+from ngfkit.viz import plots
 from ngfkit.attacks import create_attack
 
 

@@ -1,4 +1,4 @@
-"""The regulariser-strength sweep (ngfkit.sweep): rows, invariants, errors, figure and widget."""
+"""The regulariser-strength sweep (ngfkit.studies.sweep): rows, invariants, errors, figure and widget."""
 import math
 
 import pytest
@@ -10,10 +10,10 @@ from ngfkit.attacks import create_attack
 from ngfkit.defences import purify
 from ngfkit.metrics import predict
 from ngfkit.models import classifier_layer
-from ngfkit.ngf import cache_features, layer_matrix
-from ngfkit.ngf_heads import head_predictions
+from ngfkit.defences.natural_gradient import cache_features, layer_matrix
+from ngfkit.defences.heads import head_predictions
 from ngfkit.pipeline import Splits
-from ngfkit.sweep import (check_etas, classifier_fisher, movement_by_fisher, regulariser_sweep, spearman,
+from ngfkit.studies.sweep import (check_etas, classifier_fisher, movement_by_fisher, regulariser_sweep, spearman,
                           sweep_figure, sweep_widget)
 
 FAST = dict(steps=20, batch_size=32, augment=1, lr=0.05)

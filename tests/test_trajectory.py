@@ -8,7 +8,7 @@ from ngfkit.attacks import create_attack
 from ngfkit.defences import purify
 from ngfkit.errors import NgfkitError
 from ngfkit.metrics import evaluate, evaluate_layer, predict
-from ngfkit.trajectory import fixed_subset, full_trajectory, head_trajectory, trajectory_figure
+from ngfkit.studies.trajectory import fixed_subset, full_trajectory, head_trajectory, trajectory_figure
 
 NGF = dict(steps=12, batch_size=16, augment=1, factor_every=3, eigen_every=6)
 
@@ -92,7 +92,7 @@ def test_fixed_subset_and_figure():
 
 
 def test_reused_features_run_the_body_once_and_only_for_identical_weights(setting):
-    from ngfkit.ngf import cache_features, reuse_features
+    from ngfkit.defences.natural_gradient import cache_features, reuse_features
 
     model, clean, _, _, _ = setting
     calls = []

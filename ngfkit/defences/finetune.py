@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..errors import NgfkitError
 from ..models import classifier_layer
-from ..ngf import frozen_except
+from .natural_gradient import frozen_except
 from ..train import StepHooks, TrainConfig, train_model
 from .base import DEFENCES, Defence
 
@@ -135,7 +135,7 @@ class FineTuneLast(Defence):
     strength_grid = (0.01, 0.03, 0.1, 0.3, 1.0)
 
     def _features(self, model, clean_data, device):
-        from ..ngf import cache_features
+        from .natural_gradient import cache_features
 
         model = copy.deepcopy(model).to(device).eval()
         return model, cache_features(model, classifier_layer(model), clean_data, views=self.config.augment,

@@ -12,12 +12,12 @@ from tqdm.auto import tqdm
 from torch.utils.data import Dataset
 
 from ..errors import NgfkitError
-from ..fisher import FISHER_TYPES
+from ..curvature.fisher import FISHER_TYPES
 from ..metrics import evaluate, predict
 from ..models import classifier_layer
-from ..ngf import (CombinedHooks, FeatureDataset, FisherRegulariser, NaturalGradient, cache_features, frozen_except,
+from .natural_gradient import (CombinedHooks, FeatureDataset, FisherRegulariser, NaturalGradient, cache_features, frozen_except,
                    layer_matrix, layer_statistics, set_layer_matrix)
-from ..ngf_heads import fit_heads, head_predictions
+from .heads import fit_heads, head_predictions
 from ..train import TrainConfig, train_model
 from .base import DEFENCES, Defence
 

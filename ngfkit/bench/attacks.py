@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .attacks import ATTACKS
-from .errors import NgfkitError
-from .pipeline import Experiment, load_or_train, load_splits
-from .train import TrainConfig
-from .utils import versions, write_json
+from ..attacks import ATTACKS
+from ..errors import NgfkitError
+from ..pipeline import Experiment, load_or_train, load_splits
+from ..train import TrainConfig
+from ..utils import versions, write_json
 
 #: the attack zoo of the NGF paper, in the order of its tables
 PAPER_ATTACKS = ("badnets", "blend", "trojan-one", "trojan-all", "sig", "clb", "dynamic-one", "dynamic-all",

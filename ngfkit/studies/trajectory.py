@@ -26,14 +26,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .defences import DEFENCES, purify
-from .defences.finetune import FineTuneLast, StepsDefence
-from .defences.ngf import NGF
-from .errors import NgfkitError
-from .metrics import evaluate, evaluate_layer
-from .models import classifier_layer
-from .ngf import cache_features, layer_matrix, set_layer_matrix
-from .ngf_heads import fit_heads
+from ..defences import DEFENCES, purify
+from ..defences.finetune import FineTuneLast, StepsDefence
+from ..defences.ngf import NGF
+from ..errors import NgfkitError
+from ..metrics import evaluate, evaluate_layer
+from ..models import classifier_layer
+from ..defences.natural_gradient import cache_features, layer_matrix, set_layer_matrix
+from ..defences.heads import fit_heads
 
 
 def fixed_subset(dataset: Dataset, samples: int | None, seed: int = 0) -> Dataset:

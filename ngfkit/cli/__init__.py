@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import NgfkitError
+from ..errors import NgfkitError
 
 DEFAULT_TRAIN = {"epochs": 1, "lr": 0.05, "batch_size": 128}
 
@@ -211,7 +211,7 @@ def _attack_params(pairs: Sequence[str], flag: str = "--attack-param") -> dict[s
 
 
 def _train_config(args: argparse.Namespace):
-    from .train import TrainConfig
+    from ..train import TrainConfig
 
     train = dict(DEFAULT_TRAIN)
     if args.epochs is not None:
@@ -243,7 +243,7 @@ def _check_output(path: str | None, suffix: str) -> None:
 
 
 def _experiment(args: argparse.Namespace):
-    from .pipeline import Experiment
+    from ..pipeline import Experiment
 
     return Experiment(dataset=args.dataset, arch=args.arch, attack=args.attack,
                       attack_params=_attack_params(args.attack_param), target=args.target,
@@ -274,7 +274,7 @@ def _print_choice(history: dict) -> None:
 
 
 def _provenance(args: argparse.Namespace, start: float) -> dict[str, Any]:
-    from .utils import versions
+    from ..utils import versions
 
     return {"versions": versions(), "argv": sys.argv[1:], "wall_seconds": time.perf_counter() - start}
 
@@ -285,8 +285,8 @@ def _json_safe(history: dict) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
-    from .pipeline import load_or_train, load_splits, run_defence
-    from .utils import resolve_device
+    from ..pipeline import load_or_train, load_splits, run_defence
+    from ..utils import resolve_device
 
     start = time.perf_counter()
     device = resolve_device(args.device)
@@ -310,9 +310,9 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 
 
 def cmd_attack(args: argparse.Namespace) -> dict:
-    from .checkpoint import save_checkpoint
-    from .pipeline import load_or_train, load_splits
-    from .utils import resolve_device
+    from ..checkpoint import save_checkpoint
+    from ..pipeline import load_or_train, load_splits
+    from ..utils import resolve_device
 
     _check_output(args.out, ".safetensors")
     start = time.perf_counter()
@@ -329,7 +329,7 @@ def cmd_attack(args: argparse.Namespace) -> dict:
 
 
 def _clean_and_test(meta: dict, dataset: str, args: argparse.Namespace, clean_fraction: float | None):
-    from .data import defender_split, load_dataset
+    from ..data import defender_split, load_dataset
 
     experiment = meta.get("experiment", {})
     fraction = clean_fraction or experiment.get("clean_fraction", 0.01)
@@ -341,11 +341,11 @@ def _clean_and_test(meta: dict, dataset: str, args: argparse.Namespace, clean_fr
 
 
 def cmd_purify(args: argparse.Namespace) -> dict:
-    from .checkpoint import save_checkpoint
-    from .defences import purify
-    from .metrics import defence_effectiveness_rating, evaluate
-    from .pipeline import model_from_checkpoint
-    from .utils import resolve_device, versions
+    from ..checkpoint import save_checkpoint
+    from ..defences import purify
+    from ..metrics import defence_effectiveness_rating, evaluate
+    from ..pipeline import model_from_checkpoint
+    from ..utils import resolve_device, versions
 
     _check_output(args.out, ".safetensors")
     start = time.perf_counter()
@@ -375,18 +375,18 @@ def cmd_purify(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
-    from .attacks import create_attack
-    from .data import dataset_info, load_dataset
-    from .metrics import evaluate
-    from .pipeline import model_from_checkpoint
-    from .utils import resolve_device
+    from ..attacks import create_attack
+    from ..data import dataset_info, load_dataset
+    from ..metrics import evaluate
+    from ..pipeline import model_from_checkpoint
+    from ..utils import resolve_device
 
     start = time.perf_counter()
     device = resolve_device(args.device)
     model, attack, meta = model_from_checkpoint(args.model, args.arch, args.dataset)
     dataset = meta.get("dataset") or args.dataset
     if args.attack is not None and (attack is None or attack.name != args.attack):
-        from .attacks import ATTACKS
+        from ..attacks import ATTACKS
 
         if ATTACKS.get(args.attack).learned:
             raise NgfkitError(f"attack {args.attack!r} has a learned trigger that {args.model} does not hold; "
@@ -402,9 +402,9 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 
 def cmd_sharpness(args: argparse.Namespace) -> dict:
-    from .pipeline import model_from_checkpoint
-    from .sharpness import measure
-    from .utils import resolve_device
+    from ..pipeline import model_from_checkpoint
+    from ..curvature.sharpness import measure
+    from ..utils import resolve_device
 
     start = time.perf_counter()
     device = resolve_device(args.device)
@@ -426,10 +426,10 @@ def cmd_sharpness(args: argparse.Namespace) -> dict:
 
 
 def cmd_list(args: argparse.Namespace) -> dict:
-    from .attacks import ATTACKS
-    from .data import DATASETS
-    from .defences import DEFENCES
-    from .models import MODELS
+    from ..attacks import ATTACKS
+    from ..data import DATASETS
+    from ..defences import DEFENCES
+    from ..models import MODELS
 
     listing = {"datasets": DATASETS.names(), "architectures": MODELS.names(), "attacks": ATTACKS.names(),
                "defenses": DEFENCES.names()}
@@ -451,13 +451,13 @@ def _defence_params(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 def _show_defence_report(report: dict, settings: Sequence[str], figure: str | None) -> None:
     """Print a bench defences report's tables, one per setting, and write its scatter if asked."""
-    from .bench_defences import defence_table
+    from ..bench.defences import defence_table
 
     for setting in settings:
         print(defence_table(report, setting))
         print()
     if figure:
-        from .plots import defence_scatter, write_html
+        from ..viz.plots import defence_scatter, write_html
 
         write_html(defence_scatter(report), figure)
         print(f"wrote {figure}")
@@ -486,17 +486,17 @@ def _is_sharpness_report(path: str) -> bool:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
-    from .bench import attack_table, bench_attacks
-    from .utils import resolve_device
+    from ..bench.attacks import attack_table, bench_attacks
+    from ..utils import resolve_device
 
     if args.bench_command == "merge":
-        from .bench_defences import SETTINGS, merge_reports
+        from ..bench.defences import SETTINGS, merge_reports
 
         if args.figure:
             _check_output(args.figure, ".html")
         if _is_sharpness_report(args.reports[0]):
-            from .bench_sharpness import merge_reports as merge_sharpness, sharpness_table
-            from .plots import sharpness_vs_training_figure, write_html
+            from ..bench.sharpness import merge_reports as merge_sharpness, sharpness_table
+            from ..viz.plots import sharpness_vs_training_figure, write_html
 
             report = merge_sharpness(args.reports)
             if not args.quiet:
@@ -516,7 +516,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
                           f"{alternative}")
     device = resolve_device(args.device)
     if args.bench_command == "sharpness":
-        from .bench_sharpness import bench_sharpness, sharpness_table
+        from ..bench.sharpness import bench_sharpness, sharpness_table
 
         epochs = _int_list(args.epochs, "--epochs")
         seeds = _int_list(args.seed_list, "--seed-list") if args.seed_list else args.seeds
@@ -528,7 +528,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         print(sharpness_table(report))
         return report
     if args.bench_command in ("defences", "defenses"):
-        from .bench_defences import bench_defences
+        from ..bench.defences import bench_defences
 
         if args.figure:
             _check_output(args.figure, ".html")
@@ -548,8 +548,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 
 def cmd_grid(args: argparse.Namespace) -> dict:
-    from .grid import collect, commands, plan, results_table, run_grid
-    from .utils import write_json
+    from ..book.grid import collect, commands, plan, results_table, run_grid
+    from ..utils import write_json
 
     if args.collect:
         _check_output(args.collect, ".json")
@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_output(args.json, ".json")
         result = COMMANDS[args.command](args)
         if getattr(args, "json", None):
-            from .utils import write_json
+            from ..utils import write_json
 
             write_json(args.json, result)
             print(f"wrote {args.json}")

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .batches import iterate_batches, random_crop_flip
-from .fisher import (KFACState, diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors,
+from ..batches import iterate_batches, random_crop_flip
+from ..curvature.fisher import (KFACState, diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors,
                      symmetric_eigh, with_bias_column)
-from .train import CombinedHooks, StepHooks, to_channels_last, use_channels_last  # noqa: F401
+from ..train import CombinedHooks, StepHooks, to_channels_last, use_channels_last  # noqa: F401
 
 
 def layer_gradient(layer: nn.Linear) -> Tensor:

@@ -3,7 +3,7 @@ drawn, every embedded widget renders, formulas are typeset, no cell shows a trac
 local link resolves.
 A screenshot of each chapter goes to ``<build>/screenshots/`` (CI keeps them as artifacts).
 
-Usage: python -m ngfkit.book_check [_build/html] [--toc _toc.yml] [--browser chromium]
+Usage: python -m ngfkit.book.check [_build/html] [--toc _toc.yml] [--browser chromium]
 Exit status 1 with one line per problem when any check fails.
 """
 from __future__ import annotations

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .attacks import ATTACKS, Attack
-from .errors import NgfkitError
+from ..attacks import ATTACKS, Attack
+from ..errors import NgfkitError
 from .plots import amplified_residual
 
 #: the attacks in the order of the README's families (fixed patch / blend, optimised, clean-label,
@@ -105,8 +105,8 @@ def prepare_attacks(dataset: str = "fashion-mnist", attacks: str | Sequence[str]
     fitted, also when it now came from the cache; 0 for fixed triggers) and ``seconds`` (wall
     time of this call for the attack).
     """
-    from .pipeline import Experiment, fit_trigger, load_splits
-    from .train import TrainConfig
+    from ..pipeline import Experiment, fit_trigger, load_splits
+    from ..train import TrainConfig
 
     built: dict[str, Attack] = {}
     rows: list[dict[str, Any]] = []
@@ -178,7 +178,7 @@ class Strength:
 def fba_style(t: float) -> dict[str, float]:
     """FBA's parameters at style intensity ``t``: from the identity (``t = 0``: gamma 1, no lift,
     warmth, vignette or emboss) linearly to the defaults (``t = 1``) and beyond, kept in range."""
-    from .attacks.style import FeatureSpaceBackdoor
+    from ..attacks.style import FeatureSpaceBackdoor
 
     d = FeatureSpaceBackdoor.defaults
     t = float(t)

@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .errors import NgfkitError
-from .fisher import KFACState, with_bias_column
-from .metrics import predict
-from .models import classifier_layer
-from .ngf import layer_matrix
+from ..errors import NgfkitError
+from ..curvature.fisher import KFACState, with_bias_column
+from ..metrics import predict
+from ..models import classifier_layer
+from ..defences.natural_gradient import layer_matrix
 
 FISHER_KINDS = ("empirical", "true")
 
@@ -90,8 +90,8 @@ def rotate(fisher: Tensor, q_g: Tensor, q_a: Tensor) -> Tensor:
 
 
 def kronecker_state(A: Tensor, G: Tensor, damping: float, scales: Tensor | None = None) -> KFACState:
-    """The :class:`~ngfkit.fisher.KFACState` NGF would hold for these factors (EKFAC when
-    ``scales`` are given), ready to :meth:`~ngfkit.fisher.KFACState.solve`."""
+    """The :class:`~ngfkit.curvature.fisher.KFACState` NGF would hold for these factors (EKFAC when
+    ``scales`` are given), ready to :meth:`~ngfkit.curvature.fisher.KFACState.solve`."""
     state = KFACState(damping=damping, ekfac=scales is not None)
     state.A, state.G = A, G
     state.refresh_eigenbasis()

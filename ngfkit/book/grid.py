@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, Union
 
-from .errors import NgfkitError
+from ..errors import NgfkitError
 
 #: what a grid may be given as: ``{"seed": [0, 1]}`` or CLI strings ``["seed=0,1"]``
 GridLike = Union[Mapping[str, Any], Sequence[str]]
@@ -306,7 +306,7 @@ def run_cell(notebook: str | Path, cell: GridCell, *, kernel: str = "python3", c
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from .utils import give_usual_permissions, versions
+    from ..utils import give_usual_permissions, versions
 
     notebook = Path(notebook)
     cwd = Path(cwd) if cwd is not None else notebook.resolve().parent

@@ -39,8 +39,8 @@ from curvlinops import GGNLinearOperator, HessianLinearOperator  # noqa: E402
 from curvlinops._torch_base import CurvatureLinearOperator  # noqa: E402
 from torch import Tensor, nn
 
-from .errors import NgfkitError
-from .train import to_channels_last, use_channels_last
+from ..errors import NgfkitError
+from ..train import to_channels_last, use_channels_last
 
 #: which parameters: "all", "last" (the classifier layer) or parameter / layer names
 ParamSpec = Union[str, Sequence[str]]

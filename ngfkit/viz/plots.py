@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .attacks import Attack
-from .errors import NgfkitError
+from ..attacks import Attack
+from ..errors import NgfkitError
 
 
 def _as_rgb_uint8(image: Tensor) -> Tensor:
@@ -84,7 +84,7 @@ def defence_scatter(report: dict, setting: str = "selected"):
     with the defence's wall time), from a ``bench defences`` report."""
     import plotly.graph_objects as go
 
-    from .bench_defences import summarise
+    from ..bench.defences import summarise
 
     rows = [r for r in report.get("summary") or summarise(report) if r["setting"] == setting]
     if not rows:
@@ -110,7 +110,7 @@ def defence_heatmap(report: dict, setting: str = "selected", metric: str = "asr"
     mean over seeds, with the undefended model's value in the first column where it exists."""
     import plotly.graph_objects as go
 
-    from .bench_defences import cell_mean
+    from ..bench.defences import cell_mean
 
     cells = [c for c in report["cells"] if c["setting"] == setting]
     if not cells:
@@ -146,15 +146,15 @@ def defence_heatmap(report: dict, setting: str = "selected", metric: str = "asr"
 
 def write_html(figure, path) -> None:
     """A self-contained HTML file (plotly.js embedded: it opens without network), written atomically."""
-    from .utils import atomic_path
+    from ..utils import atomic_path
 
     with atomic_path(path) as tmp:
         figure.write_html(str(tmp), include_plotlyjs=True, full_html=True)
 
 
-# -- sharpness and loss landscapes (ngfkit.sharpness, ngfkit.landscape) ----------------------
+# -- sharpness and loss landscapes (ngfkit.curvature.sharpness, ngfkit.curvature.landscape) ----------------------
 def spectrum_figure(density: dict, *, title: str | None = None):
-    """The eigenvalue density from :func:`ngfkit.sharpness.spectral_density`, on a log y axis
+    """The eigenvalue density from :func:`ngfkit.curvature.sharpness.spectral_density`, on a log y axis
     (a Hessian's bulk near 0 and its few outliers differ by orders of magnitude)."""
     import plotly.graph_objects as go
 
@@ -228,7 +228,7 @@ def _loss_axis_title(result: dict) -> str:
 
 
 def landscape_1d_figure(results, names: Sequence[str] | None = None, *, title: str | None = None):
-    """Loss curves from :func:`ngfkit.landscape.loss_slice_1d` or :func:`~ngfkit.landscape.interpolate`:
+    """Loss curves from :func:`ngfkit.curvature.landscape.loss_slice_1d` or :func:`~ngfkit.curvature.landscape.interpolate`:
     clean loss solid, triggered-data loss dashed; ``results`` is one result or a list of them
     (e.g. the backdoored and the purified model), labelled with ``names``."""
     import plotly.graph_objects as go
@@ -264,7 +264,7 @@ def landscape_1d_figure(results, names: Sequence[str] | None = None, *, title: s
 
 
 def landscape_2d_figure(result: dict, *, which: str = "clean", kind: str = "contour", title: str | None = None):
-    """The loss over a 2-D slice from :func:`ngfkit.landscape.loss_slice_2d`: ``which`` is
+    """The loss over a 2-D slice from :func:`ngfkit.curvature.landscape.loss_slice_2d`: ``which`` is
     ``"clean"`` or ``"triggered"``, ``kind`` is ``"contour"`` (filled contours) or ``"surface"`` (3-D)."""
     import plotly.graph_objects as go
 
@@ -333,7 +333,7 @@ def before_after_figure(triggered: Tensor, labels: Tensor, before: Tensor, after
 
 
 def explorer_figure(view: dict, *, class_name=str, title: str | None = None):
-    """The attack explorer's view (:func:`ngfkit.explorer.explorer_view`) as a static figure: one
+    """The attack explorer's view (:func:`ngfkit.viz.explorer.explorer_view`) as a static figure: one
     row per shown image, columns clean | triggered | residual (amplified by the view's ``gain``),
     the view's statistics under the title. ``class_name``: ``int -> str`` for the row labels."""
     import plotly.graph_objects as go

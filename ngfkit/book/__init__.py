@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import resolve_device
+from ..utils import resolve_device
 
 RENDERER = "ngfkit_book"
 
@@ -98,7 +98,7 @@ def results_file(name: str, results_dir: str | Path | None = None) -> Path:
     """A report shipped in the repository's ``results/``: from ``results_dir`` when given, else
     next to the working directory or the package checkout; in Colab (installed without the
     repository) it is downloaded from GitHub into ``./results``."""
-    from .errors import NgfkitError
+    from ..errors import NgfkitError
 
     candidates = [Path(results_dir) / name] if results_dir else []
     candidates += [Path("results") / name, Path("..") / "results" / name,

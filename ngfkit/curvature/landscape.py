@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import NgfkitError
+from ..errors import NgfkitError
 from .sharpness import ParamSpec, eval_copy, mean_loss, sample_batches, select_parameters
-from .train import to_channels_last
+from ..train import to_channels_last
 
 Direction = dict[str, Tensor]
 
@@ -39,7 +39,7 @@ def filter_normalised_direction(model: nn.Module, seed: int = 0, params: ParamSp
 
     Returns:
         ``{name: tensor shaped like the parameter}`` for the parameters ``params`` selects (see
-        :func:`ngfkit.sharpness.select_parameters`); the others do not move.
+        :func:`ngfkit.curvature.sharpness.select_parameters`); the others do not move.
     """
     names = set(select_parameters(model, params))
     generator = torch.Generator().manual_seed(int(seed))

@@ -4,7 +4,7 @@ With the body frozen, NGF only trains the classifier ``s = W a + b`` on cached f
 per-sample output gradients are known in closed form (``softmax(s) - onehot(y)``). Choosing the
 strength from clean data needs one fine-tuning run per (fold, learning rate); this module runs
 them all as one batch of ``M`` heads, with the same arithmetic as
-:class:`~ngfkit.ngf.NaturalGradient` + :class:`~ngfkit.ngf.FisherRegulariser` inside
+:class:`~ngfkit.defences.natural_gradient.NaturalGradient` + :class:`~ngfkit.defences.natural_gradient.FisherRegulariser` inside
 :func:`~ngfkit.train.train_model` (a test checks that one head here equals that generic path).
 Shapes: ``M`` heads, ``B`` batch, ``C`` classes, ``D`` features (+1 for the bias column).
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fisher import fisher_labels, softmax_output_gradients, symmetric_eigh, with_bias_column
+from ..curvature.fisher import fisher_labels, softmax_output_gradients, symmetric_eigh, with_bias_column
 
 
 def _rotate(q_g: Tensor, m: Tensor, q_a: Tensor) -> Tensor:

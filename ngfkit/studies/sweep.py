@@ -1,6 +1,6 @@
 """How strong should NGF's Fisher regulariser be? A sweep of its strength η, and what it holds.
 
-NGF's regulariser (:class:`ngfkit.ngf.FisherRegulariser`) adds ``(η/2) Σ_j F_jj (θ_j − θ⁰_j)²``
+NGF's regulariser (:class:`ngfkit.defences.natural_gradient.FisherRegulariser`) adds ``(η/2) Σ_j F_jj (θ_j − θ⁰_j)²``
 to the fine-tuning loss, ``F`` the backdoored model's Fisher on the clean set and ``θ⁰`` its
 weights. This module measures what η does, on NGF's fast path (body frozen, classifier only):
 
@@ -30,13 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import NgfkitError
-from .fisher import (diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors, softmax_output_gradients,
+from ..errors import NgfkitError
+from ..curvature.fisher import (diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors, softmax_output_gradients,
                      symmetric_eigh, with_bias_column)
-from .metrics import evaluate, evaluate_layer, predict
-from .models import classifier_layer
-from .ngf import FeatureDataset, cache_features, layer_matrix, set_layer_matrix
-from .ngf_heads import fit_heads, head_predictions
+from ..metrics import evaluate, evaluate_layer, predict
+from ..models import classifier_layer
+from ..defences.natural_gradient import FeatureDataset, cache_features, layer_matrix, set_layer_matrix
+from ..defences.heads import fit_heads, head_predictions
 
 METRIC_NAMES = {"acc": "C-ACC", "asr": "ASR", "ra": "RA"}
 
@@ -126,8 +126,8 @@ def regulariser_sweep(model: nn.Module, attack, splits, etas: Sequence[float], *
     On NGF's fast path (frozen body, biased classifier) the clean features are cached once for
     all η; otherwise each η is a full :func:`~ngfkit.defences.purify` run.
     """
-    from .defences import purify
-    from .defences.ngf import NGF
+    from ..defences import purify
+    from ..defences.ngf import NGF
 
     etas = check_etas(etas)
     if "reg_strength" in ngf_options:

@@ -15,15 +15,15 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .attacks import ATTACKS
-from .bench import load_previous_report, read_reports
-from .defences import purify
-from .errors import NgfkitError
-from .metrics import evaluate
-from .pipeline import Experiment, load_or_train, load_splits
-from .sharpness import measure
-from .train import TrainConfig
-from .utils import versions, write_json
+from ..attacks import ATTACKS
+from .attacks import load_previous_report, read_reports
+from ..defences import purify
+from ..errors import NgfkitError
+from ..metrics import evaluate
+from ..pipeline import Experiment, load_or_train, load_splits
+from ..curvature.sharpness import measure
+from ..train import TrainConfig
+from ..utils import versions, write_json
 
 #: the paper's backdoor-training recipe (SGD lr 0.1, momentum 0.9, weight decay 5e-4), cosine schedule
 PAPER_LR = 0.1

@@ -28,8 +28,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .errors import NgfkitError
-from .registry import Registry
+from ..errors import NgfkitError
+from ..registry import Registry
 
 SPLITS = ("train", "test")
 

@@ -20,16 +20,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import ATTACKS
-from .bench import PAPER_ATTACKS, load_previous_report, parse_names, read_reports
-from .defences import DEFENCES, purify
-from .defences.selection import select_and_purify
-from .errors import NgfkitError
-from .metrics import defence_effectiveness_rating, evaluate, evaluate_layer, predict
-from .models import classifier_layer
-from .pipeline import Experiment, load_or_train, load_splits
-from .train import TrainConfig
-from .utils import PeakMemory, versions, write_json
+from ..attacks import ATTACKS
+from .attacks import PAPER_ATTACKS, load_previous_report, parse_names, read_reports
+from ..defences import DEFENCES, purify
+from ..defences.selection import select_and_purify
+from ..errors import NgfkitError
+from ..metrics import defence_effectiveness_rating, evaluate, evaluate_layer, predict
+from ..models import classifier_layer
+from ..pipeline import Experiment, load_or_train, load_splits
+from ..train import TrainConfig
+from ..utils import PeakMemory, versions, write_json
 
 #: NGF, the paper's baselines, then the NGF ablations
 PAPER_DEFENCES = ("ngf", "ft", "ft-last", "ft-sam", "anp", "nad", "fp", "i-bau",
