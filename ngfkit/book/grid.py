@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, Union
 
 from ..errors import NgfkitError
+from ..viz.tables import markdown_table
 
 #: what a grid may be given as: ``{"seed": [0, 1]}`` or CLI strings ``["seed=0,1"]``
 GridLike = Union[Mapping[str, Any], Sequence[str]]
@@ -494,7 +495,7 @@ def _cell_text(value: Any) -> str:
         return f"{value:.4g}"
     if value is None:
         return "–"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return str(value)
 
 
 def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -504,9 +505,6 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
     params = list(dict.fromkeys(k for r in rows for k in r["parameters"]))
     values = list(dict.fromkeys(k for r in rows for k in r["values"] if k not in r["parameters"]))
     header = ["#", *params, *values, "seconds", "status"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["index"], *(r["parameters"].get(k) for k in params), *(r["values"].get(k) for k in values),
-                 r["seconds"], r["status"]]
-        lines.append("| " + " | ".join(_cell_text(c) for c in cells) + " |")
-    return "\n".join(lines)
+    cells = [[r["index"], *(r["parameters"].get(k) for k in params), *(r["values"].get(k) for k in values),
+              r["seconds"], r["status"]] for r in rows]
+    return markdown_table([[_cell_text(c) for c in row] for row in cells], header)

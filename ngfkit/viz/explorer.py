@@ -31,6 +31,7 @@ from torch import Tensor
 from ..attacks import ATTACKS, Attack
 from ..errors import NgfkitError
 from .plots import amplified_residual
+from .tables import markdown_table  # noqa: F401  (the one table helper; kept importable from here)
 
 #: the attacks in the order of the README's families (fixed patch / blend, optimised, clean-label,
 #: transformations, generators, composite); any other registered attack follows
@@ -578,13 +579,3 @@ def example_rows(predictions: Mapping[str, Tensor], names: Sequence[str] | None 
                      "triggered prediction": name(triggered), "attacker's target": name(target),
                      "counts towards": counts})
     return rows
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table of dicts with the same keys."""
-    if not rows:
-        raise NgfkitError("markdown_table needs at least one row")
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
-    lines += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows]
-    return "\n".join(lines)
