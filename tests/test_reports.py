@@ -1,0 +1,23 @@
+import pytest
+
+from ngfkit.errors import NgfkitError
+from ngfkit.studies.reports import complete_attacks
+
+
+def cell(attack, defense):
+    return {"attack": attack, "defense": defense, "setting": "selected", "acc": 88.0, "acc_drop": 2.0, "asr": 5.0,
+            "ra": 50.0, "der": 90.0, "seconds": 1.0, "peak_mb": None}
+
+
+def test_keeps_the_attacks_every_defence_finished():
+    report = {"cells": [cell("badnets", "ngf"), cell("badnets", "ft"), cell("blend", "ngf")],
+              "before": [{"attack": "badnets"}, {"attack": "blend"}]}
+    kept = complete_attacks(report)
+    assert {c["attack"] for c in kept["cells"]} == {"badnets"} and kept["before"] == [{"attack": "badnets"}]
+    assert {r["defense"]: r["attacks"] for r in kept["summary"]} == {"ngf": ["badnets"], "ft": ["badnets"]}
+    assert len(report["cells"]) == 3 and "summary" not in report  # the input is left as it was
+
+
+def test_an_empty_report_is_one_clear_error():
+    with pytest.raises(NgfkitError, match="no cells"):
+        complete_attacks({"cells": []})
