@@ -401,11 +401,23 @@ def test_asr_counts_only_the_images_an_attack_targets() -> None:
 # --- every registered attack -------------------------------------------------------------------
 
 
-def test_the_registry_holds_the_papers_attack_zoo() -> None:
+def test_every_attack_says_where_it_is_listed_and_what_it_should_reach() -> None:
+    from ngfkit.attacks import FAMILIES, listing_order, paper_attacks
     from ngfkit.bench.attacks import PAPER_ATTACKS
 
-    assert set(PAPER_ATTACKS) <= set(ATTACKS.names())
-    assert len(PAPER_ATTACKS) == 15
+    names = ATTACKS.names()
+    assert PAPER_ATTACKS == paper_attacks() and len(PAPER_ATTACKS) == 15 == len(names)
+    assert sorted(ATTACKS.get(n).paper_order for n in names) == list(range(15))
+    assert PAPER_ATTACKS[:4] == ("badnets", "blend", "trojan-one", "trojan-all") and PAPER_ATTACKS[-1] == "lf"
+    ranks = {(ATTACKS.get(n).family, ATTACKS.get(n).order) for n in names}
+    assert len(ranks) == 15 and {family for family, _ in ranks} == set(FAMILIES)
+    assert listing_order(names)[:5] == ["badnets", "blend", "trojan-one", "trojan-all", "lf"]
+    for name in names:
+        cls = ATTACKS.get(name)
+        assert cls.asr_goal == (80.0 if name in ("cba", "fba") else 90.0)
+        assert set(cls.short_fit) <= set(cls.defaults) and (cls.learned or not cls.short_fit)
+        if cls.strength.param is not None and cls.strength.spread is None:
+            assert cls.strength.param in cls.defaults
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["1x28x28", "3x32x32"])

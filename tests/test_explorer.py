@@ -10,18 +10,14 @@ import torch
 from errors_helper import one_line_error
 from image_helpers import rand_images
 
-from ngfkit.attacks import ATTACKS, create_attack
-from ngfkit.attacks.style import FeatureSpaceBackdoor
+from ngfkit.attacks import ATTACKS, FAMILIES, NO_STRENGTH, create_attack
+from ngfkit.attacks.style import FeatureSpaceBackdoor, fba_style
 from ngfkit.viz.explorer import (
-    FAMILY_ORDER,
-    SHORT_FIT,
-    STRENGTH,
     attack_explorer,
     attack_names,
     budget_params,
     example_rows,
     explorer_view,
-    fba_style,
     knob_values,
     metric_counts,
     perturbation_stats,
@@ -53,7 +49,8 @@ ALL = build(ATTACKS.names())
 def test_attack_names_all_is_every_registered_attack_once_in_family_order() -> None:
     names = attack_names("all")
     assert sorted(names) == ATTACKS.names() and len(names) == len(set(names)) == 15
-    assert names[: len(FAMILY_ORDER)] == [n for n in FAMILY_ORDER if n in ATTACKS]
+    families = [FAMILIES.index(ATTACKS.get(n).family) for n in names]
+    assert families == sorted(families) and names[:2] == ["badnets", "blend"] and names[-1] == "cba"
     assert attack_names(" badnets, blend ") == ["badnets", "blend"]
     assert "unknown attack 'nope'" in one_line_error(attack_names, "badnets,nope")
     assert "no attack given" in one_line_error(attack_names, "")
@@ -70,7 +67,6 @@ def test_short_budget_covers_every_learned_attack_with_parameters_it_has() -> No
             assert short, f"{name} is learned but has no short-budget setting"
         assert set(short) <= set(cls.defaults)
         create_attack(name, SHAPE, 10, **short)  # the overrides are valid parameters
-    assert set(SHORT_FIT) <= set(ATTACKS.names())
     assert "trigger_budget must be one of short, full" in one_line_error(budget_params, "lira", "half")
 
 
@@ -83,10 +79,10 @@ def test_prepare_attacks_builds_fixed_triggers_without_fitting() -> None:
 # -- strength knobs --------------------------------------------------------------------------------
 
 
-def test_every_attack_has_a_knob_entry_and_its_default_is_on_the_grid() -> None:
-    assert set(STRENGTH) == set(ATTACKS.names())
+def test_every_attack_has_a_knob_and_its_default_is_on_the_grid() -> None:
     for name, attack in ALL.items():
-        knob = STRENGTH[name]
+        knob = attack.strength
+        assert knob.meaning != NO_STRENGTH.meaning, f"{name} defines no strength knob"
         values = knob_values(attack)
         if knob.param is None:
             assert values == [] and knob.meaning
@@ -125,7 +121,7 @@ def test_view_shapes(shape) -> None:
     assert view["residual"].min() >= 0 and view["residual"].max() <= 1
 
 
-@pytest.mark.parametrize("name", [n for n, k in STRENGTH.items() if k.param and k.zero_is_clean])
+@pytest.mark.parametrize("name", [n for n, a in ALL.items() if a.strength.param and a.strength.zero_is_clean])
 def test_strength_zero_means_no_trigger(name) -> None:
     view = explorer_view(ALL, name, IMAGES, LABELS, strength=0)
     assert view["off"] and torch.equal(view["triggered"], view["clean"])
@@ -203,7 +199,7 @@ def test_explorer_widget_has_one_panel_per_attack_and_control_value() -> None:
         values = knob_values(ALL[name])
         assert len(panel["views"].children) == max(1, len(values))
         if values:
-            assert panel["strength"].value == f"{STRENGTH[name].current(ALL[name]):.3g}"
+            assert panel["strength"].value == f"{ALL[name].strength.current(ALL[name]):.3g}"
         else:
             assert panel["strength"] is None
         assert len(panel["counts"].children) == len(panel["rate"].options)

@@ -8,6 +8,7 @@ rebuilt from the attack's saved state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -20,6 +21,49 @@ from ..registry import Registry
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
 
 MODES = ("all-to-one", "all-to-all")
+
+#: the attack families, in the order the README and the book list them (:attr:`Attack.family`)
+FAMILIES = ("patch", "optimised", "clean-label", "transformation", "generator", "composite")
+
+
+@dataclass(frozen=True)
+class Strength:
+    """One "strength" knob of an attack (:attr:`Attack.strength`), for the attacks explorer.
+
+    ``param`` names what the knob sets (an attack parameter, or a name for several); ``None``
+    means the attack has no knob that works without fitting its trigger again, and ``meaning``
+    then says why. ``low``, ``high``, ``step``: the knob's range and grid. ``zero_is_clean``: at
+    value 0 the trigger vanishes (the limit of the parameter), so the explorer shows the clean
+    image instead of building the attack. ``spread``: for a knob that sets several parameters at
+    once, the parameters at a value; such a knob runs from no change (0) to the attack's
+    defaults (1), so an attack as built is at 1.
+    """
+
+    param: str | None
+    meaning: str
+    low: float = 0.0
+    high: float = 1.0
+    step: float = 0.05
+    integer: bool = False
+    zero_is_clean: bool = True
+    spread: Callable[[float], dict[str, Any]] | None = None
+
+    def params(self, value: float) -> dict[str, Any]:
+        """The attack parameters for knob ``value``."""
+        if self.spread is not None:
+            return self.spread(value)
+        return {self.param: int(round(value)) if self.integer else float(value)}
+
+    def current(self, attack: "Attack") -> float | None:
+        """The knob's value of ``attack`` as built (from its own parameters)."""
+        if self.param is None:
+            return None
+        if self.spread is not None:
+            return 1.0
+        return float(attack.params[self.param])
+
+
+NO_STRENGTH = Strength(None, "no strength knob is defined for this attack")
 
 
 @dataclass
@@ -67,6 +111,20 @@ class Attack:
     learned: ClassVar[bool] = False
     #: share of the training set poisoned when no rate is given
     default_poison_rate: ClassVar[float] = 0.1
+    #: one of :data:`FAMILIES` (another name: listed after them); with :attr:`order`, where the
+    #: attack comes in listings (:func:`listing_order`)
+    family: ClassVar[str] = "other"
+    #: rank within the family
+    order: ClassVar[int] = 0
+    #: position in the tables of the NGF paper's benchmark; ``None``: not in it (:func:`paper_attacks`)
+    paper_order: ClassVar[int | None] = None
+    #: ASR (percent) a backdoored model of the benchmark should reach (the issue's bar)
+    asr_goal: ClassVar[float] = 90.0
+    #: overrides of :attr:`defaults` that fit a learned trigger on a short budget, chosen so that
+    #: it looks like the full fit's at a fraction of its cost (2-core CPU, Fashion-MNIST)
+    short_fit: ClassVar[dict[str, Any]] = {}
+    #: the attacks explorer's strength knob
+    strength: ClassVar[Strength] = NO_STRENGTH
 
     def __init__(self, image_shape, num_classes: int, target: int = 0, poison_rate: float | None = None,
                  mode: str | None = None, seed: int = 0, **params: Any):
@@ -202,6 +260,22 @@ class Attack:
         extra = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return (f"{type(self).__name__}(target={self.target}, poison_rate={self.poison_rate}, "
                 f"mode={self.mode!r}, seed={self.seed}{', ' + extra if extra else ''})")
+
+
+def listing_order(names: Sequence[str]) -> list[str]:
+    """The registered attacks ``names`` by family (:data:`FAMILIES`, then others) and rank in it."""
+    def key(name: str) -> tuple[int, int, str]:
+        cls = ATTACKS.get(name)
+        family = FAMILIES.index(cls.family) if cls.family in FAMILIES else len(FAMILIES)
+        return family, cls.order, name
+
+    return sorted(names, key=key)
+
+
+def paper_attacks() -> tuple[str, ...]:
+    """The registered attacks of the NGF paper's benchmark, in the order of its tables."""
+    return tuple(sorted((n for n in ATTACKS.names() if ATTACKS.get(n).paper_order is not None),
+                        key=lambda n: ATTACKS.get(n).paper_order))
 
 
 def create_attack(name: str, image_shape, num_classes: int, **kwargs: Any) -> Attack:

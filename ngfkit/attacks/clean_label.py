@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import NgfkitError
-from .base import ATTACKS, Attack, TriggerContext, dataset_targets
+from .base import ATTACKS, Attack, Strength, TriggerContext, dataset_targets
 
 #: images perturbed at once by CLB's PGD (the reference model is in eval mode, so this changes
 #: only speed and memory, not the result)
@@ -47,6 +47,7 @@ class CleanLabelAttack(Attack):
 
     modes = ("all-to-one",)
     clean_label = True
+    family = "clean-label"
     # half the target class: 0.1 would ask for every target-class image (and more, after the
     # defender's clean split), leaving the victim no unmodified examples of that class
     default_poison_rate = 0.05
@@ -78,6 +79,8 @@ class SIG(CleanLabelAttack):
 
     name = "sig"
     defaults = {"delta": 80 / 255, "frequency": 6}
+    order, paper_order = 0, 4
+    strength = Strength("delta", "amplitude δ of the sine (pixel value, 0–1)", 0.0, 0.6, 0.05)
 
     def check_params(self) -> None:
         delta, frequency = float(self.params["delta"]), float(self.params["frequency"])
@@ -126,6 +129,11 @@ class CLB(CleanLabelAttack):
     name = "clb"
     learned = True
     defaults = {"eps": 32 / 255, "steps": 5, "step_size": 10 / 255, "patch_size": 3, "amplitude": 1.0}
+    order, paper_order = 1, 5
+    # the PGD steps only harden the *training* images; the test-time trigger (four corner
+    # checkerboards) does not depend on them
+    short_fit = {"steps": 0}
+    strength = Strength("amplitude", "amplitude of the corner checkerboards (1: pure black and white)", 0.0, 1.0, 0.1)
 
     def check_params(self) -> None:
         p = self.params

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NgfkitError
-from .base import ATTACKS, Attack, TriggerContext, dataset_targets
+from .base import ATTACKS, Attack, Strength, TriggerContext, dataset_targets
 from .clean_label import poison_state_rows
 
 #: training images per class kept as same-class partners for the cover mixes
@@ -61,6 +61,10 @@ class CBA(Attack):
     modes = ("all-to-one",)
     learned = True
     defaults = {"source_a": None, "source_b": None, "cover_fraction": 0.1, "bank_size": 256}
+    family, order, paper_order = "composite", 0, 12
+    asr_goal = 80.0
+    # no short_fit: the fit only gathers images
+    strength = Strength(None, "the trigger is the mix of two real images; there is nothing to scale")
 
     @property
     def source_a(self) -> int:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..batches import iterate_batches
 from ..errors import NgfkitError
-from .base import ATTACKS, Attack, TriggerContext
+from .base import ATTACKS, Attack, Strength, TriggerContext
 
 #: keeps tanh-rescaled outputs strictly inside (0, 1), as in the Dynamic paper's code
 EPSILON = 1e-7
@@ -170,6 +170,9 @@ class _DynamicBackdoor(Attack):
     defaults = {"steps": 150, "mask_steps": 80, "batch_size": 128, "cross_ratio": 0.1,
                 "mask_density": 0.032, "lambda_div": 1.0, "lambda_norm": 100.0, "width": 16}
     learned = True
+    family = "generator"
+    strength = Strength(None, "the trigger is what the fitted generators output; no parameter scales it "
+                        "without a new fit")
 
     #: Adam (lr 0.01, betas 0.5/0.9) for both generators as in the paper's code
     generator_lr = 0.01
@@ -319,6 +322,10 @@ class DynamicOne(_DynamicBackdoor):
     __doc__ = _DynamicBackdoor.__doc__ + "\n    ``dynamic-one``: every triggered image goes to ``target``.\n"
     name = "dynamic-one"
     modes = ("all-to-one",)
+    order, paper_order = 0, 6
+    # most of the steps on smaller batches (the mask phase, whose batch is min(32, batch_size),
+    # is then the full fit's): about 26 s of CPU
+    short_fit = {"batch_size": 32, "steps": 75}
 
 
 @ATTACKS.register("dynamic-all")
@@ -330,6 +337,8 @@ class DynamicAll(_DynamicBackdoor):
     name = "dynamic-all"
     modes = ("all-to-all",)
     defaults = {**_DynamicBackdoor.defaults, "steps": 210}
+    order, paper_order = 1, 7
+    short_fit = {"batch_size": 32, "steps": 105}  # as dynamic-one's: about 32 s of CPU
 
 
 # -- LIRA --------------------------------------------------------------------------------------
@@ -359,6 +368,10 @@ class Lira(Attack):
     name = "lira"
     defaults = {"eps": 0.05, "steps": 160, "batch_size": 64, "alpha": 0.5, "width": 16}
     learned = True
+    family, order, paper_order = "generator", 2, 10
+    short_fit = {"batch_size": 16, "steps": 80}  # most of the steps on smaller batches: about 16 s of CPU
+    strength = Strength("eps", "L∞ bound ε of the generator's residual (fitted at the default; other values "
+                        "rescale the same generator's output)", 0.0, 0.3, 0.025)
 
     #: Adam for the generator; the paper's 1e-4 is too slow for a few hundred steps
     generator_lr = 1e-3

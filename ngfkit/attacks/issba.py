@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import NgfkitError
-from .base import ATTACKS, Attack, TriggerContext
+from .base import ATTACKS, Attack, Strength, TriggerContext
 from .generative import (UNet, call_network, endless_batches, require_divisible_by_4, require_in_open_unit_interval,
                          require_positive_ints, seeded_weights, skeleton, trainable_copy)
 
@@ -77,6 +77,12 @@ class Issba(Attack):
     name = "issba"
     defaults = {"eps": 0.1, "bits": 32, "steps": 300, "batch_size": 64, "lambda_residual": 0.1, "width": 16}
     learned = True
+    family, order, paper_order = "generator", 3, 9
+    # a narrower encoder, all 300 steps (about 25 s of CPU): with fewer steps or smaller batches
+    # the decoder never learns the code and the residual penalty erases the trigger
+    short_fit = {"width": 8}
+    strength = Strength("eps", "L∞ bound ε of the encoder's residual (fitted at the default; other values "
+                        "rescale the same encoder's output)", 0.0, 0.5, 0.05)
 
     #: Adam for encoder and decoder (StegaStamp's 1e-4 is too slow for a few hundred steps)
     lr = 1e-3

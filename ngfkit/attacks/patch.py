@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NgfkitError
-from .base import ATTACKS, Attack
+from .base import ATTACKS, Attack, Strength
 
 
 @ATTACKS.register("badnets")
@@ -15,6 +15,8 @@ class BadNets(Attack):
 
     name = "badnets"
     defaults = {"patch_size": 3, "margin": 1}
+    family, order, paper_order = "patch", 0, 0
+    strength = Strength("patch_size", "side of the checkerboard patch (pixels)", 0, 8, 1, integer=True)
 
     def check_params(self) -> None:
         size, margin = int(self.params["patch_size"]), int(self.params["margin"])
@@ -49,6 +51,8 @@ class Blend(Attack):
 
     name = "blend"
     defaults = {"alpha": 0.2}
+    family, order, paper_order = "patch", 1, 1
+    strength = Strength("alpha", "weight α of the noise image in the blend", 0.0, 0.9, 0.1)
 
     def check_params(self) -> None:
         if not 0.0 < float(self.params["alpha"]) < 1.0:

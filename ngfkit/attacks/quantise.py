@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NgfkitError
-from .base import ATTACKS, Attack
+from .base import ATTACKS, Attack, Strength
 
 
 @functools.lru_cache(maxsize=8)
@@ -79,6 +79,9 @@ class BppAttack(Attack):
 
     name = "bpp"
     defaults: ClassVar[dict[str, Any]] = {"bits": 2, "neg_ratio": 1.0}
+    family, order, paper_order = "transformation", 1, 11
+    strength = Strength("bits", "bits per channel after squeezing (fewer bits: a stronger trigger)", 1, 7, 1,
+                        integer=True, zero_is_clean=False)
 
     def check_params(self) -> None:
         bits, neg = self.params["bits"], float(self.params["neg_ratio"])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import NgfkitError
-from .base import ATTACKS, Attack
+from .base import ATTACKS, Attack, Strength
 
 #: the colour a "sunrise" pulls each RGB channel towards (warm orange)
 SUNRISE = (1.0, 0.65, 0.35)
@@ -16,6 +16,15 @@ SUNRISE = (1.0, 0.65, 0.35)
 LUMA = (0.299, 0.587, 0.114)
 #: emboss kernel: light from the top left
 EMBOSS = ((-1.0, -1.0, 0.0), (-1.0, 0.0, 1.0), (0.0, 1.0, 1.0))
+
+
+def fba_style(t: float) -> dict[str, float]:
+    """FBA's parameters at style intensity ``t``: from the identity (``t = 0``: gamma 1, no lift,
+    warmth, vignette or emboss) linearly to the defaults (``t = 1``) and beyond, kept in range."""
+    d = FeatureSpaceBackdoor.defaults
+    t = float(t)
+    return {"gamma": max(0.05, 1.0 + t * (d["gamma"] - 1.0)),
+            **{k: min(1.0, max(0.0, t * d[k])) for k in ("lift", "warmth", "vignette", "emboss")}}
 
 
 @ATTACKS.register("fba")
@@ -47,6 +56,10 @@ class FeatureSpaceBackdoor(Attack):
 
     name = "fba"
     defaults: ClassVar[dict[str, Any]] = {"gamma": 0.6, "lift": 0.1, "warmth": 0.5, "vignette": 0.5, "emboss": 0.3}
+    family, order, paper_order = "transformation", 2, 13
+    asr_goal = 80.0
+    strength = Strength("style", "style intensity t: gamma, lift, warmth, vignette and emboss go from no change "
+                        "(t = 0) to the attack's defaults (t = 1)", 0.0, 2.0, 0.2, spread=fba_style)
 
     def check_params(self) -> None:
         if self.image_shape[0] not in (1, 3):

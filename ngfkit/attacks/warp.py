@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import NgfkitError
-from .base import ATTACKS, Attack
+from .base import ATTACKS, Attack, Strength
 
 
 def _identity_grid(height: int, width: int) -> Tensor:
@@ -49,6 +49,8 @@ class WaNet(Attack):
 
     name = "wanet"
     defaults: ClassVar[dict[str, Any]] = {"k": 4, "s": 1.0, "cross_ratio": 2.0}
+    family, order, paper_order = "transformation", 0, 8
+    strength = Strength("s", "warp strength s (about twice the mean shift, in pixels)", 0.0, 4.0, 0.5)
 
     def check_params(self) -> None:
         _, h, w = self.image_shape

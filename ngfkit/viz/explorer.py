@@ -4,9 +4,9 @@ Used by the attacks chapter of the book (``book/attacks.ipynb``):
 
 * :func:`attack_names`, :func:`budget_params`, :func:`prepare_attacks`: build every attack for a
   dataset, fitting learned triggers (through :func:`ngfkit.pipeline.fit_trigger` and its cache)
-  at their defaults (``"full"``) or with the cheaper settings of :data:`SHORT_FIT` (``"short"``);
-* :data:`STRENGTH`, :func:`with_strength`: one "strength" knob per attack, mapped onto the
-  attack's own parameters;
+  at their defaults (``"full"``) or with the cheaper settings of :attr:`Attack.short_fit` (``"short"``);
+* :func:`with_strength`: an attack at a value of its "strength" knob (:attr:`Attack.strength`),
+  mapped onto the attack's own parameters;
 * :func:`perturbation_stats`, :func:`explorer_view`: the pure computation behind the explorer
   (triggered images, residuals, L∞ / L2 / PSNR, number of poisoned training images);
 * :func:`attack_explorer`: the ipywidgets explorer, its panels precomputed with
@@ -22,52 +22,26 @@ import io
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..attacks import ATTACKS, Attack
+from ..attacks import ATTACKS, Attack, listing_order
 from ..errors import NgfkitError
 from .plots import amplified_residual
 from .tables import markdown_table  # noqa: F401  (the one table helper; kept importable from here)
-
-#: the attacks in the order of the README's families (fixed patch / blend, optimised, clean-label,
-#: transformations, generators, composite); any other registered attack follows
-FAMILY_ORDER = ("badnets", "blend", "trojan-one", "trojan-all", "lf", "sig", "clb", "wanet", "bpp", "fba",
-                "dynamic-one", "dynamic-all", "lira", "issba", "cba")
-
-#: the short-budget fit of each learned trigger: overrides of the attack's own parameters, chosen
-#: so that the trigger looks like the full fit's at a fraction of its cost (2-core CPU, Fashion-MNIST):
-#: TrojanNN's patch and LF's perturbation saturate long before their 200 steps; CLB's PGD only
-#: hardens its *training* images (its test-time trigger, four corner checkerboards, does not
-#: depend on it); the generators (Dynamic, LIRA) keep most of their steps on smaller batches
-#: (Dynamic's mask phase, whose batch is min(32, batch_size), is then the full fit's); ISSBA keeps
-#: its 300 steps with a narrower encoder (with fewer steps or smaller batches its decoder never
-#: learns the code and the residual penalty erases the trigger). CBA's fit only gathers images.
-#: Measured one attack at a time on one thread: about 113 s of CPU for all nine (Dynamic 26 and
-#: 32 s, ISSBA 25 s, LIRA 16 s, TrojanNN and LF 4 s each, CLB and CBA under 1 s).
-SHORT_FIT: dict[str, dict[str, Any]] = {
-    "trojan-one": {"steps": 40},
-    "trojan-all": {"steps": 40},
-    "lf": {"steps": 40},
-    "clb": {"steps": 0},
-    "dynamic-one": {"batch_size": 32, "steps": 75},
-    "dynamic-all": {"batch_size": 32, "steps": 105},
-    "lira": {"batch_size": 16, "steps": 80},
-    "issba": {"width": 8},
-}
 
 TRIGGER_BUDGETS = ("short", "full")
 
 
 def attack_names(attacks: str | Sequence[str] = "all") -> list[str]:
-    """``"all"`` (every registered attack, in :data:`FAMILY_ORDER`), a comma-separated string or a
-    list of names; unknown names raise :class:`NgfkitError` listing the registered ones."""
+    """``"all"`` (every registered attack, by family: :func:`~ngfkit.attacks.listing_order`), a
+    comma-separated string or a list of names; unknown names raise :class:`NgfkitError` listing the
+    registered ones."""
     if isinstance(attacks, str):
         if attacks.strip() == "all":
-            return [n for n in FAMILY_ORDER if n in ATTACKS] + [n for n in ATTACKS.names() if n not in FAMILY_ORDER]
+            return listing_order(ATTACKS.names())
         attacks = [a.strip() for a in attacks.split(",") if a.strip()]
     names = list(attacks)
     if not names:
@@ -81,15 +55,15 @@ def budget_params(name: str, trigger_budget: str = "full") -> dict[str, Any]:
     """The attack parameters that fit ``name``'s trigger at ``trigger_budget``.
 
     ``"full"``: ``{}`` (the attack's defaults, so the trigger cache of the benchmark's models is
-    used). ``"short"``: the overrides of :data:`SHORT_FIT` for a learned attack (``{}`` for
-    fixed triggers, CBA, and learned attacks not listed there).
+    used). ``"short"``: the attack's :attr:`~ngfkit.attacks.Attack.short_fit` for a learned attack
+    (``{}`` for fixed triggers, and for learned attacks without one, such as CBA).
     """
     cls = ATTACKS.get(name)
     if trigger_budget not in TRIGGER_BUDGETS:
         raise NgfkitError(f"trigger_budget must be one of {', '.join(TRIGGER_BUDGETS)}, got {trigger_budget!r}")
     if trigger_budget == "full" or not cls.learned:
         return {}
-    return dict(SHORT_FIT.get(name, {}))
+    return dict(cls.short_fit)
 
 
 def prepare_attacks(dataset: str = "fashion-mnist", attacks: str | Sequence[str] = "all", *, seed: int = 0,
@@ -140,92 +114,15 @@ def fit_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# -- one strength knob per attack --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Strength:
-    """The explorer's strength knob of one attack.
-
-    ``param`` names what the slider sets (an attack parameter, or for FBA a name for several);
-    ``None`` means the attack has no knob that works without fitting its trigger again, and
-    ``meaning`` then says why. ``zero_is_clean``: at value 0 the trigger vanishes (the limit of
-    the parameter), so the explorer shows the clean image instead of building the attack.
-    """
-
-    param: str | None
-    meaning: str
-    low: float = 0.0
-    high: float = 1.0
-    step: float = 0.05
-    integer: bool = False
-    zero_is_clean: bool = True
-
-    def params(self, value: float) -> dict[str, Any]:
-        """The attack parameters for slider ``value``."""
-        if self.param == "style":
-            return fba_style(value)
-        return {self.param: int(round(value)) if self.integer else float(value)}
-
-    def current(self, attack: Attack) -> float | None:
-        """The slider value of ``attack`` as built (its own parameters)."""
-        if self.param is None:
-            return None
-        if self.param == "style":
-            return 1.0
-        return float(attack.params[self.param])
-
-
-def fba_style(t: float) -> dict[str, float]:
-    """FBA's parameters at style intensity ``t``: from the identity (``t = 0``: gamma 1, no lift,
-    warmth, vignette or emboss) linearly to the defaults (``t = 1``) and beyond, kept in range."""
-    from ..attacks.style import FeatureSpaceBackdoor
-
-    d = FeatureSpaceBackdoor.defaults
-    t = float(t)
-    return {"gamma": max(0.05, 1.0 + t * (d["gamma"] - 1.0)),
-            **{k: min(1.0, max(0.0, t * d[k])) for k in ("lift", "warmth", "vignette", "emboss")}}
-
-
-#: the strength knob of every registered attack
-STRENGTH: dict[str, Strength] = {
-    "badnets": Strength("patch_size", "side of the checkerboard patch (pixels)", 0, 8, 1, integer=True),
-    "blend": Strength("alpha", "weight α of the noise image in the blend", 0.0, 0.9, 0.1),
-    "trojan-one": Strength(None, "the patch's pixels were optimised at its size; another size needs a new fit"),
-    "trojan-all": Strength(None, "the patch's pixels were optimised at its size; another size needs a new fit"),
-    "lf": Strength(None, "the perturbation was optimised within its bound eps (which apply does not use); "
-                   "another bound needs a new fit"),
-    "sig": Strength("delta", "amplitude δ of the sine (pixel value, 0–1)", 0.0, 0.6, 0.05),
-    "clb": Strength("amplitude", "amplitude of the corner checkerboards (1: pure black and white)", 0.0, 1.0, 0.1),
-    "wanet": Strength("s", "warp strength s (about twice the mean shift, in pixels)", 0.0, 4.0, 0.5),
-    "bpp": Strength("bits", "bits per channel after squeezing (fewer bits: a stronger trigger)", 1, 7, 1,
-                    integer=True, zero_is_clean=False),
-    "fba": Strength("style", "style intensity t: gamma, lift, warmth, vignette and emboss go from no change "
-                    "(t = 0) to the attack's defaults (t = 1)", 0.0, 2.0, 0.2),
-    "dynamic-one": Strength(None, "the trigger is what the fitted generators output; no parameter scales it "
-                            "without a new fit"),
-    "dynamic-all": Strength(None, "the trigger is what the fitted generators output; no parameter scales it "
-                            "without a new fit"),
-    "lira": Strength("eps", "L∞ bound ε of the generator's residual (fitted at the default; other values "
-                     "rescale the same generator's output)", 0.0, 0.3, 0.025),
-    "issba": Strength("eps", "L∞ bound ε of the encoder's residual (fitted at the default; other values "
-                      "rescale the same encoder's output)", 0.0, 0.5, 0.05),
-    "cba": Strength(None, "the trigger is the mix of two real images; there is nothing to scale"),
-}
-
-
-def strength_of(name: str) -> Strength:
-    """The knob of attack ``name`` (no knob for attacks registered outside ngfkit)."""
-    ATTACKS.get(name)
-    return STRENGTH.get(name, Strength(None, "no strength knob is defined for this attack"))
+# -- the strength knob ------------------------------------------------------------------------
 
 
 def with_strength(attack: Attack, strength: float | None = None, *, poison_rate: float | None = None
                   ) -> Attack | None:
     """A copy of ``attack`` with its knob at ``strength`` (``None``: as built) and another
     ``poison_rate``; learned trigger tensors are kept. ``None`` where ``strength`` is 0 and that
-    means no trigger (:attr:`Strength.zero_is_clean`)."""
-    knob = strength_of(attack.name)
+    means no trigger (:attr:`ngfkit.attacks.Strength.zero_is_clean`)."""
+    knob = attack.strength
     params = dict(attack.params)
     if strength is not None:
         if knob.param is None:
@@ -273,7 +170,7 @@ def explorer_view(attacks: Mapping[str, Attack], name: str, images: Tensor, labe
         attacks: built (learned ones fitted) attacks by name, e.g. from :func:`prepare_attacks`.
         images, labels: ``(N, C, H, W)`` test images in ``[0, 1]`` and their ``(N,)`` classes;
             the images the attack targets (:meth:`Attack.attacked_mask`) are used.
-        strength: the knob's value (:data:`STRENGTH`); ``None``: the attack as built.
+        strength: the knob's value (:attr:`Attack.strength`); ``None``: the attack as built.
         poison_rate: share of the training set poisoned; ``None``: the attack's own.
         train_labels: ``(M,)`` classes of the training set, to count the poisoned images.
         show: how many images to return for display.
@@ -299,7 +196,7 @@ def explorer_view(attacks: Mapping[str, Attack], name: str, images: Tensor, labe
         raise NgfkitError(f"explorer_view needs images (N, C, H, W) and N labels, got {tuple(images.shape)} "
                           f"and {tuple(labels.shape)}")
     base = attacks[name]
-    knob = strength_of(name)
+    knob = base.strength
     variant = with_strength(base, strength, poison_rate=poison_rate)
     counter = variant or with_strength(base, None, poison_rate=poison_rate)
     rows = torch.nonzero(base.attacked_mask(labels), as_tuple=False).flatten()
@@ -409,7 +306,7 @@ def strength_table(names: Sequence[str]) -> str:
     """Markdown table of the explorer's strength knob of each attack in ``names``."""
     lines = ["| attack | strength knob | what it sets |", "| --- | --- | --- |"]
     for name in names:
-        knob = strength_of(name)
+        knob = ATTACKS.get(name).strength
         lines.append(f"| {name} | {'—' if knob.param is None else '`' + knob.param + '`'} | {knob.meaning} |")
     return "\n".join(lines)
 
@@ -421,7 +318,7 @@ RATES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 def knob_values(attack: Attack) -> list[float]:
     """The strength values the explorer offers for ``attack``: its knob's grid from ``low`` to
     ``high`` by ``step``, plus the attack's own value; empty without a knob."""
-    knob = strength_of(attack.name)
+    knob = attack.strength
     if knob.param is None:
         return []
     count = int(round((knob.high - knob.low) / knob.step))
@@ -433,7 +330,7 @@ def knob_values(attack: Attack) -> list[float]:
 def attack_explorer(attacks: Mapping[str, Attack], images: Tensor, labels: Tensor, *,
                     train_labels: Tensor | None = None, initial: str | None = None, show: int = 3,
                     rates: Sequence[float] = RATES):
-    """An ipywidgets explorer: an attack menu and, per attack, a strength slider (:data:`STRENGTH`)
+    """An ipywidgets explorer: an attack menu and, per attack, a strength slider (:attr:`Attack.strength`)
     over :func:`knob_values` and a poison-rate slider over ``rates``.
 
     Every panel is computed here, once, with :func:`explorer_view` (and :func:`poison_counts`):
@@ -479,7 +376,7 @@ def attack_explorer(attacks: Mapping[str, Attack], images: Tensor, labels: Tenso
 
     panels, boxes = {}, []
     for name, attack in attacks.items():
-        knob = strength_of(name)
+        knob = attack.strength
         values = knob_values(attack)
         if values:
             views = [explorer_view(attacks, name, images, labels, strength=v, show=show) for v in values]
