@@ -52,3 +52,11 @@ def random_crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4, flip: 
         flips = (torch.rand(b, generator=generator) < 0.5).to(x.device)
         out = torch.where(flips.view(b, 1, 1, 1), out.flip(-1), out)
     return out
+
+
+def subset_of(dataset: Dataset, indices: Tensor) -> Dataset:
+    """The images ``indices`` of ``dataset``: its own ``subset`` when it has one (ngfkit's in-memory
+    datasets stay sliceable), else a :class:`torch.utils.data.Subset` (any map-style dataset)."""
+    if hasattr(dataset, "subset"):
+        return dataset.subset(indices)
+    return torch.utils.data.Subset(dataset, [int(i) for i in indices])

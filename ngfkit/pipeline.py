@@ -26,12 +26,12 @@ from .checkpoint import (
     save_tensors,
 )
 from .data import DatasetInfo, dataset_info, defender_split, load_dataset
-from .defences import purify
+from .defences import FeatureCache, purify
 from .errors import NgfkitError
 from .metrics import defence_effectiveness_rating, evaluate, evaluate_layer, predict
 from .models import MODELS, Classifier, build_model, classifier_layer
 from .train import TrainConfig, train_model
-from .utils import cache_dir, seed_everything, versions, write_json
+from .utils import cache_dir, resolve_device, seed_everything, versions, write_json
 
 #: part of every cache key: bump it when a registered model or attack changes shape or meaning
 CACHE_VERSION = 1
@@ -226,16 +226,20 @@ def fit_trigger(exp: Experiment, attack: Attack, splits: Splits, *, device: torc
 
 
 def run_defence(model: nn.Module, attack: Attack | None, splits: Splits, defense: str = "ngf", *,
-                device: torch.device | str = "cpu", progress: bool = True, before: dict | None = None,
-                test_predictions: dict | None = None, **options: Any) -> dict[str, Any]:
+                device: torch.device | str = "auto", progress: bool = True, before: dict | None = None,
+                test_predictions: dict | None = None, features: FeatureCache | None = None,
+                **options: Any) -> dict[str, Any]:
     """Purify ``model`` with ``splits.clean`` and measure it on ``splits.test`` before and after.
 
     ``test_predictions`` (from :func:`load_or_train`) lets a defence that changed only the
-    classifier be measured from the cached classifier inputs instead of a second pass.
+    classifier be measured from the cached classifier inputs instead of a second pass; ``features``
+    (a :class:`~ngfkit.defences.FeatureCache`) shares the clean set's classifier inputs between runs.
     """
+    device = resolve_device(device)
     before = before or evaluate(model, splits.test, attack, device=device)
-    purified, history = purify(model, splits.clean, defense, device=device, progress=progress, **options)
-    if test_predictions is not None and history.get("fast_path"):
+    purified, history = purify(model, splits.clean, defense, device=device, progress=progress, features=features,
+                               **options)
+    if test_predictions is not None and history["changed"] == "head":
         after = evaluate_layer(classifier_layer(purified), test_predictions)
     else:
         after = evaluate(purified, splits.test, attack, device=device)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,26 @@ class CombinedHooks(StepHooks):
             h.after_step(lr)
 
 
+def cosine_factor(step: int, total: int, floor: float) -> float:
+    """The schedule of every fine-tuning run: the learning rate's multiplier at ``step`` of ``total``,
+    a half cosine from 1 down to ``floor`` (constant after ``total``)."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+@contextmanager
+def frozen_except(model: nn.Module, trainable: list[Tensor]) -> Iterator[None]:
+    """Temporarily set ``requires_grad`` only on ``trainable``."""
+    previous = {p: p.requires_grad for p in model.parameters()}
+    keep = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    try:
+        yield
+    finally:
+        for p, flag in previous.items():
+            p.requires_grad_(flag)
+
+
 def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, *, seed: int = 0,
                 device: torch.device | str = "cpu", progress: bool = True,
                 desc: str = "train", params: list[Tensor] | None = None, train_mode: bool = True,
@@ -108,9 +129,7 @@ def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, *, seed
                                 weight_decay=config.weight_decay)
     steps_per_epoch = num_batches(dataset, config.batch_size, drop_last=True)
     total = max(1, config.steps if config.steps is not None else config.epochs * steps_per_epoch)
-    floor = config.final_lr_ratio
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: cosine_factor(s, total, config.final_lr_ratio))
     hooks = hooks or StepHooks()
     losses: list[float] = []
     start = time.perf_counter()

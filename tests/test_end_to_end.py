@@ -58,7 +58,7 @@ def test_attack_purify_evaluate_through_the_cli(small_fashion, cache):
     result = json.loads((cache / "purify.json").read_text())
     assert result["before"] == pytest.approx(attack["metrics"])
     history = result["defense_history"]
-    assert history["fast_path"] and history["chosen"]["lr"] == 0.01 and len(history["loss"]) == 500
+    assert history["changed"] == "head" and history["setting"]["lr"] == 0.01 and len(history["loss"]) == 500
     # strong natural-gradient steps on the last layer alone must move the backdoor
     assert result["after"]["asr"] < result["before"]["asr"] - 10
 
@@ -82,8 +82,9 @@ def test_demo_chooses_strength_from_clean_data_and_reuses_its_model(small_fashio
         assert key in first
     assert set(first["seconds"]) >= {"train", "purify", "total"}
     selection = first["defense_history"]["selection"]
-    drops = {g["lr"]: g["val_acc_drop"] for g in selection["grid"]}
-    chosen = first["defense_history"]["chosen"]["lr"]
+    drops = {t["value"]: t["val_acc_drop"] for t in selection["tried"]}
+    chosen = first["defense_history"]["setting"]["lr"]
+    assert chosen == selection["chosen"]
     if selection["budget_met"]:
         assert drops[chosen] <= 3.0
         assert all(drops[lr] > 3.0 for lr in drops if lr > chosen)

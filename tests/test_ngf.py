@@ -7,7 +7,7 @@ import torch
 from ngfkit.defences import purify
 from ngfkit.defences.ngf import NGF, NGFConfig
 from ngfkit.errors import NgfkitError
-from ngfkit.defences.natural_gradient import FeatureDataset, layer_matrix
+from ngfkit.defences.head import FeatureDataset, layer_matrix
 from ngfkit.defences.heads import fit_heads
 
 
@@ -31,7 +31,7 @@ def test_batched_heads_equal_the_generic_training_loop(options):
     head = torch.nn.Linear(6, 4)
     cfg = NGFConfig(steps=60, batch_size=16, factor_every=5, eigen_every=20, damping=1e-2, **options)
     defence = NGF(**dataclasses.asdict(cfg))
-    generic, fit = defence._finetune(head, ("",), data, 0.05, "cpu", False, desc="test")
+    generic, fit = defence.finetune_layers(head, ("",), data, 0.05, "cpu", False, desc="test")
     batched = fit_heads(data.features, data.labels, layer_matrix(head), [torch.arange(40)], [0.05], cfg)
     assert torch.allclose(batched["weight"][0], layer_matrix(generic), atol=1e-4)
     assert torch.allclose(batched["loss"][:, 0], torch.tensor(fit["loss"]), atol=1e-4)
@@ -71,13 +71,16 @@ def test_selection_rule_picks_the_strongest_lr_within_budget_and_records_the_gri
     model = FeatureModel()
     purified, history = purify(model, clean, "ngf", steps=40, augment=0, folds=3, acc_budget=2.0,
                                lr_grid=(1e-4, 1e-2, 1.0), batch_size=16)
-    grid = history["selection"]["grid"]
-    assert [g["lr"] for g in grid] == [1e-4, 1e-2, 1.0]
-    assert all(len(g["val_curve"]) > 0 for g in grid)
-    within = [g["lr"] for g in grid if g["val_acc_drop"] <= 2.0]
-    assert history["chosen"]["lr"] == (within[-1] if within else 1e-4)
-    assert history["selection"]["budget_met"] == bool(within)
-    assert len(history["loss"]) == 40 and history["fast_path"]
+    selection = history["selection"]
+    tried = selection["tried"]
+    assert [t["value"] for t in tried] == [1e-4, 1e-2, 1.0]
+    assert selection["knob"] == "lr" and selection["estimate"] == "cross-fit"
+    assert all(len(t["val_curve"]) > 0 and t["stderr"] >= 0 for t in tried)
+    within = [t["value"] for t in tried if t["val_acc_drop"] <= 2.0]
+    cheapest = min(tried, key=lambda t: t["val_acc_drop"])["value"]
+    assert history["setting"]["lr"] == selection["chosen"] == (within[-1] if within else cheapest)
+    assert selection["budget_met"] == bool(within)
+    assert len(history["loss"]) == 40 and history["changed"] == "head"
     assert torch.equal(model.head.weight, model.head.weight)  # input untouched below
     assert not torch.equal(purified.head.weight, model.head.weight)
 
@@ -99,7 +102,7 @@ def test_generic_path_trains_named_layers_only():
     data = toy_features(views=1, n=60)
     clean = torch.utils.data.TensorDataset(data.features[0], data.labels)
     purified, history = purify(model, clean, "ngf", steps=10, lr=0.05, layers=("0",), augment=0)
-    assert not history["fast_path"]
+    assert history["changed"] == "model"
     assert not torch.equal(purified[0].weight, model[0].weight)
     assert torch.equal(purified[2].weight, model[2].weight)
 

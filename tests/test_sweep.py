@@ -10,11 +10,10 @@ from ngfkit.attacks import create_attack
 from ngfkit.defences import purify
 from ngfkit.metrics import predict
 from ngfkit.models import classifier_layer
-from ngfkit.defences.natural_gradient import cache_features, layer_matrix
-from ngfkit.defences.heads import head_predictions
+from ngfkit.defences.head import cache_features, head_predictions, layer_matrix
 from ngfkit.pipeline import Splits
-from ngfkit.studies.sweep import (check_etas, classifier_fisher, movement_by_fisher, regulariser_sweep, spearman,
-                          sweep_figure, sweep_widget)
+from ngfkit.studies.sweep import check_etas, classifier_fisher, movement_by_fisher, regulariser_sweep, spearman
+from ngfkit.viz.sweep import sweep_figure, sweep_widget
 
 FAST = dict(steps=20, batch_size=32, augment=1, lr=0.05)
 

@@ -8,7 +8,8 @@ from ngfkit.attacks import create_attack
 from ngfkit.defences import purify
 from ngfkit.errors import NgfkitError
 from ngfkit.metrics import evaluate, evaluate_layer, predict
-from ngfkit.studies.trajectory import fixed_subset, full_trajectory, head_trajectory, trajectory_figure
+from ngfkit.studies.trajectory import fixed_subset, full_trajectory, head_trajectory
+from ngfkit.viz.trajectory import trajectory_figure
 
 NGF = dict(steps=12, batch_size=16, augment=1, factor_every=3, eigen_every=6)
 
@@ -39,8 +40,8 @@ def test_ngf_trajectory_chooses_its_lr_from_clean_data_like_purify(setting):
     options = dict(NGF, folds=2, lr_grid=(1e-3, 1e-1))
     trajectory = head_trajectory(model, clean, kept, "ngf-noreg", eval_every=6, **options)
     purified, history = purify(model, clean, "ngf-noreg", progress=False, **options)
-    assert trajectory["lr"] == history["chosen"]["lr"]
-    assert trajectory["selection"]["grid"] == history["selection"]["grid"]
+    assert trajectory["lr"] == history["setting"]["lr"]
+    assert trajectory["selection"]["tried"] == history["selection"]["tried"]
     assert torch.allclose(trajectory["model"].head.weight, purified.head.weight, atol=1e-6)
 
 
@@ -67,7 +68,7 @@ def test_full_finetuning_trajectory_snapshots_equal_shorter_runs(setting):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda s: head_trajectory(s[0], s[1], s[4], "ft"), "not a one-layer defence"),
+    (lambda s: head_trajectory(s[0], s[1], s[4], "ft"), "does not train the classifier alone"),
     (lambda s: head_trajectory(s[0], s[1], s[4], "ngf-sgd-body"), "full_trajectory"),
     (lambda s: head_trajectory(s[0], s[1], s[4], "ngf", eval_every=0), "eval_every"),
     (lambda s: full_trajectory(s[0], s[1], s[2], s[3], "ngf"), "ft or ft-sam"),
@@ -91,8 +92,9 @@ def test_fixed_subset_and_figure():
     assert figure.layout.xaxis.title.text == "fine-tuning step"
 
 
-def test_reused_features_run_the_body_once_and_only_for_identical_weights(setting):
-    from ngfkit.defences.natural_gradient import cache_features, reuse_features
+def test_a_feature_cache_runs_the_body_once_and_only_for_identical_weights(setting):
+    from ngfkit.defences import FeatureCache
+    from ngfkit.defences.head import cache_features
 
     model, clean, _, _, _ = setting
     calls = []
@@ -100,17 +102,27 @@ def test_reused_features_run_the_body_once_and_only_for_identical_weights(settin
     try:
         plain = cache_features(model, model.head, clean, views=1)
         first_calls = len(calls)
-        store = {}
-        with reuse_features(store):
-            a = cache_features(model, model.head, clean, views=1)
-        with reuse_features(store):
-            b = cache_features(model, model.head, clean, views=1)
-            assert len(calls) == 2 * first_calls  # the second block reused the first block's result
-            changed = tiny_model(seed=5)
-            cache_features(changed, changed.head, clean, views=1)  # other weights: computed anew
-        assert len(store) == 2
-        cache_features(model, model.head, clean, views=1)  # outside: not stored
-        assert len(store) == 2
+        cache = FeatureCache()
+        a = cache.features(model, model.head, clean, views=1)
+        b = cache.features(model, model.head, clean, views=1)
+        assert len(calls) == 2 * first_calls  # the second call reused the first one's result
+        changed = tiny_model(seed=5)
+        cache.features(changed, changed.head, clean, views=1)  # other weights: computed anew
+        assert len(cache) == 2
+        cache_features(model, model.head, clean, views=1)  # without the cache: nothing stored
+        assert len(cache) == 2
     finally:
         handle.remove()
     assert b is a and torch.equal(a.features, plain.features)
+
+
+def test_purify_with_a_feature_cache_gives_the_same_model(setting):
+    from ngfkit.defences import FeatureCache, purify
+
+    model, clean, _, _, _ = setting
+    cache = FeatureCache()
+    plain, _ = purify(model, clean, "ngf", steps=20, lr=0.01, device="cpu", progress=False)
+    shared, history = purify(model, clean, "ngf", steps=20, lr=0.01, device="cpu", progress=False, features=cache)
+    again, _ = purify(model, clean, "ft-last", steps=20, device="cpu", progress=False, features=cache)
+    assert len(cache) == 1 and history["changed"] == "head"
+    assert torch.equal(plain.head.weight, shared.head.weight)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import ATTACKS
@@ -35,17 +34,6 @@ from ..utils import PeakMemory, versions, write_json
 PAPER_DEFENCES = ("ngf", "ft", "ft-last", "ft-sam", "anp", "nad", "fp", "i-bau",
                   "ngf-sgd-body", "ngf-noreg", "ngf-sampled", "ngf-kfac")
 SETTINGS = ("selected", "authors")
-
-
-def _only_head_changed(before: nn.Module, after: nn.Module) -> bool:
-    """Whether ``after`` differs from ``before`` in the classifier layer alone (then the test set
-    can be scored from cached classifier inputs instead of a full forward pass)."""
-    name = getattr(before, "classifier_name", None)
-    if name is None:
-        return False
-    old, new = before.state_dict(), after.state_dict()
-    return old.keys() == new.keys() and all(
-        torch.equal(old[k], new[k].to(old[k].device)) for k in old if not k.startswith(f"{name}."))
 
 
 def _settings_of(report: dict) -> dict:
@@ -126,7 +114,7 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
                         purified, history = purify(model, splits.clean, defence_name, device=device, progress=False,
                                                    **{"seed": seed, **options})
                     seconds = time.perf_counter() - tic
-                if _only_head_changed(model, purified):
+                if history["changed"] == "head":
                     after = evaluate_layer(classifier_layer(purified), test_inputs)
                 else:
                     after = evaluate(purified, splits.test, attack, device=device)
@@ -157,13 +145,15 @@ def _split_grid(name: str, options: dict) -> tuple[dict, tuple | None]:
 
 
 def _choice(history: dict) -> dict:
-    """The part of a defence's history worth keeping in the report: what setting it ran at."""
-    if "knob" in history:
-        return {"knob": history["knob"], "value": history["chosen"], "budget_met": history["budget_met"],
-                "tried": history["tried"]}
-    chosen = history.get("chosen")
-    return {"config": {k: v for k, v in history.get("config", {}).items() if not isinstance(v, (list, tuple))},
-            **({"chosen": chosen} if chosen is not None else {})}
+    """The part of a defence's history worth keeping in the report: the setting it ran at and, when
+    that was chosen from clean data, the selection (every value tried and what it cost)."""
+    choice = {"setting": history["setting"]}
+    if "selection" in history:
+        selection = history["selection"]
+        choice["selection"] = {"knob": selection["knob"], "chosen": selection["chosen"], "estimate": selection["estimate"],
+                               "budget_met": selection["budget_met"],
+                               "tried": [{k: v for k, v in t.items() if k != "val_curve"} for t in selection["tried"]]}
+    return choice
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -75,7 +75,7 @@ def bench_sharpness(dataset: str = "fashion-mnist", arch: str | None = None, kin
                 if trained.attack is not None and purify_with:
                     purified, history = purify(trained.model, splits.clean, purify_with, device=device,
                                                progress=False, seed=seed)
-                    row["purified"] = {"defense": purify_with, "chosen": history.get("chosen"),
+                    row["purified"] = {"defense": purify_with, "setting": history["setting"],
                                        **evaluate(purified, splits.test, trained.attack, device=device),
                                        **_sharpness(purified, splits.clean, samples, probes, seed, device)}
                 report["rows"].append(row)

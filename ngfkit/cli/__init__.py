@@ -264,10 +264,10 @@ def _table(rows: Sequence[tuple[str, dict]]) -> str:
 
 def _print_choice(history: dict) -> None:
     """What the defence chose from clean data, and whether its accuracy budget could be kept."""
-    if "chosen" in history:
-        print(f"  chosen from clean data: {history['chosen']}; purify took {history['seconds']:.1f} s")
+    if "selection" in history:
+        print(f"  chosen from clean data: {history['setting']}; purify took {history['seconds']:.1f} s")
     else:
-        print(f"  purify took {history['seconds']:.1f} s")
+        print(f"  setting {history['setting']}; purify took {history['seconds']:.1f} s")
     if history.get("selection", {}).get("budget_met") is False:
         print("  note: no learning rate kept the cross-fitted clean accuracy within --acc-budget; "
               "the weakest was used (raise --acc-budget or give more clean data)")

@@ -55,18 +55,19 @@ def symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def kfac_factors(a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """``A = aᵀa / N`` ``(D_in, D_in)`` and ``G = gᵀg / N`` ``(D_out, D_out)`` from per-sample rows."""
-    n = a.shape[0]
-    return a.T @ a / n, g.T @ g / n
+    """``A = aᵀa / N`` ``(..., D_in, D_in)`` and ``G = gᵀg / N`` ``(..., D_out, D_out)`` from per-sample
+    rows ``a`` ``(..., N, D_in)`` and ``g`` ``(..., N, D_out)``; leading dimensions are a batch of layers."""
+    n = a.shape[-2]
+    return a.transpose(-1, -2) @ a / n, g.transpose(-1, -2) @ g / n
 
 
 def eigenbasis_scales(a: Tensor, g: Tensor, q_a: Tensor, q_g: Tensor) -> Tensor:
-    """EKFAC scales ``S = E[(Q_gᵀ g_i)² ((Q_aᵀ a_i)²)ᵀ]`` of shape ``(D_out, D_in)``.
+    """EKFAC scales ``S = E[(Q_gᵀ g_i)² ((Q_aᵀ a_i)²)ᵀ]`` of shape ``(..., D_out, D_in)``.
 
     Each per-sample gradient ``g_i a_iᵀ`` is rank one, so its square in the eigenbasis is the
     outer product of the squared projections; no ``(N, D_out, D_in)`` tensor is formed.
     """
-    return (g @ q_g).pow(2).T @ (a @ q_a).pow(2) / a.shape[0]
+    return (g @ q_g).pow(2).transpose(-1, -2) @ (a @ q_a).pow(2) / a.shape[-2]
 
 
 def diagonal_fisher(a: Tensor, g: Tensor) -> Tensor:
@@ -78,11 +79,16 @@ def diagonal_fisher(a: Tensor, g: Tensor) -> Tensor:
 
 
 class KFACState:
-    """Running K-FAC / EKFAC estimate for one linear layer (weight and bias as one matrix).
+    """Running K-FAC / EKFAC estimate of the Fisher of one linear layer, or of a batch of ``M``
+    independent copies of it (weight and bias as one matrix).
 
-    ``update`` folds a batch into running averages (``decay`` weights the old value);
-    ``refresh_eigenbasis`` recomputes ``Q_a, Q_g`` and resets ``S`` to ``Λ_g Λ_aᵀ``;
-    ``solve`` applies ``(Fisher + damping)⁻¹`` to a gradient ``(D_out, D_in)``.
+    Shapes: per-sample inputs ``a`` ``(N, D_in)`` and output gradients ``g`` ``(N, D_out)`` for one
+    layer, ``(M, N, D_in)`` / ``(M, N, D_out)`` for a batch; gradients ``(D_out, D_in)`` or
+    ``(M, D_out, D_in)``. ``update`` folds a batch into running averages (``decay`` weights the old
+    value); ``refresh_eigenbasis`` recomputes ``Q_a, Q_g`` and resets ``S`` to ``Λ_g Λ_aᵀ``;
+    ``solve`` applies ``(Fisher + damping)⁻¹`` to a gradient. The hook-based optimiser
+    (:class:`~ngfkit.defences.natural_gradient.NaturalGradient`) keeps one state per layer, the
+    batched heads of the fast path (:func:`~ngfkit.defences.heads.fit_heads`) one state for all.
     """
 
     def __init__(self, damping: float = 1e-3, decay: float = 0.95, ekfac: bool = True):
@@ -99,7 +105,7 @@ class KFACState:
         return new if old is None else self.decay * old + (1 - self.decay) * new
 
     def update(self, a: Tensor, g: Tensor) -> None:
-        """Fold per-sample inputs ``a`` ``(N, D_in)`` and output gradients ``g`` ``(N, D_out)`` in."""
+        """Fold per-sample inputs ``a`` ``(..., N, D_in)`` and output gradients ``g`` ``(..., N, D_out)`` in."""
         a_factor, g_factor = kfac_factors(a, g)
         self.A = self._average(self.A, a_factor)
         self.G = self._average(self.G, g_factor)
@@ -109,13 +115,20 @@ class KFACState:
     def refresh_eigenbasis(self) -> None:
         eig_a, self.q_a = symmetric_eigh(self.A)
         eig_g, self.q_g = symmetric_eigh(self.G)
-        self.scales = eig_g.clamp_min(0).view(-1, 1) * eig_a.clamp_min(0).view(1, -1)
+        self.scales = eig_g.clamp_min(0).unsqueeze(-1) * eig_a.clamp_min(0).unsqueeze(-2)
 
     @property
     def ready(self) -> bool:
         return self.q_a is not None
 
+    def rotate(self, matrix: Tensor) -> Tensor:
+        """``Q_gᵀ matrix Q_a``: a ``(..., D_out, D_in)`` matrix in the Fisher's eigenbasis."""
+        return self.q_g.transpose(-1, -2) @ matrix @ self.q_a
+
+    def unrotate(self, matrix: Tensor) -> Tensor:
+        """``Q_g matrix Q_aᵀ``, the inverse of :meth:`rotate`."""
+        return self.q_g @ matrix @ self.q_a.transpose(-1, -2)
+
     def solve(self, grad: Tensor) -> Tensor:
-        """``Q_g [(Q_gᵀ grad Q_a) / (S + damping)] Q_aᵀ`` for ``grad`` of shape ``(D_out, D_in)``."""
-        rotated = self.q_g.T @ grad @ self.q_a
-        return self.q_g @ (rotated / (self.scales + self.damping)) @ self.q_a.T
+        """``Q_g [(Q_gᵀ grad Q_a) / (S + damping)] Q_aᵀ`` for ``grad`` of shape ``(..., D_out, D_in)``."""
+        return self.unrotate(self.rotate(grad) / (self.scales + self.damping))

@@ -1,5 +1,12 @@
-"""Backdoor defences behind one interface: :func:`purify` and the ``DEFENCES`` registry."""
+"""Backdoor defences behind one interface: :func:`purify` and the ``DEFENCES`` registry.
+
+Classifier-only defences follow the protocol of :mod:`ngfkit.defences.head` (:class:`HeadDefence`,
+:class:`FeatureCache`); every defence's strength is chosen by the one rule of
+:mod:`ngfkit.defences.selection`.
+"""
 from . import distillation, finetune, ngf, pruning, unlearning  # noqa: F401  (each registers its defences)
 from .base import DEFENCES, Defence, purify
+from .head import FeatureCache, HeadDefence, find_classifier
+from .selection import select_and_purify
 
-__all__ = ["DEFENCES", "Defence", "purify"]
+__all__ = ["DEFENCES", "Defence", "FeatureCache", "HeadDefence", "find_classifier", "purify", "select_and_purify"]

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ..errors import NgfkitError
 from ..registry import Registry
+from ..utils import resolve_device
 
 DEFENCES: Registry[type["Defence"]] = Registry("defence")
 
@@ -38,16 +39,22 @@ class Defence:
                               f"its options are: {', '.join(sorted(fields))}")
         self.config = self.Config(**options)
 
-    def run(self, model: nn.Module, clean_data: Dataset, *, device: torch.device,
-            progress: bool) -> tuple[nn.Module, dict]:
+    def run(self, model: nn.Module, clean_data: Dataset, *, device: torch.device, progress: bool,
+            features: Any = None) -> tuple[nn.Module, dict]:
+        """``(purified copy of model, history)``; ``features`` is a
+        :class:`~ngfkit.defences.head.FeatureCache` that classifier-only defences may read from."""
         raise NotImplementedError
+
+    def head_only(self, model: nn.Module) -> bool:
+        """Whether this defence, as configured, changes nothing of ``model`` but its classifier."""
+        return False
 
     def with_options(self, **options: Any) -> "Defence":
         """A copy of this defence with some options changed."""
         return type(self)(**{**dataclasses.asdict(self.config), **options})
 
     def path(self, model: nn.Module, clean_data: Dataset, values: tuple, *, device: torch.device,
-             progress: bool) -> Iterator[tuple[Any, nn.Module]]:
+             progress: bool, features: Any = None) -> Iterator[tuple[Any, nn.Module]]:
         """``(value, purified model)`` for each strength value, weakest first.
 
         The default runs the defence once per value; defences whose strength is an amount of
@@ -55,23 +62,35 @@ class Defence:
         """
         for value in values:
             purified, _ = self.with_options(**{self.strength: value}).run(
-                model, clean_data, device=device, progress=progress)
+                model, clean_data, device=device, progress=progress, features=features)
             yield value, purified
 
 
-def purify(model: nn.Module, clean_data: Dataset, method: str = "ngf", *, device: str | torch.device = "cpu",
-           progress: bool = True, **options: Any) -> tuple[nn.Module, dict]:
+def purify(model: nn.Module, clean_data: Dataset, method: str = "ngf", *, device: str | torch.device = "auto",
+           progress: bool = True, features: Any = None, **options: Any) -> tuple[nn.Module, dict]:
     """Purify ``model`` with the defence ``method`` using only ``clean_data``.
 
-    The input model is left untouched. Returns ``(purified_model, history)``; the history
-    always holds ``"method"``, ``"config"`` and ``"seconds"``, plus what the defence records
-    (for NGF: the loss per step, clean-validation accuracy per step, the chosen setting).
+    The input model is left untouched. ``device="auto"`` uses CUDA when available. ``features``
+    (a :class:`~ngfkit.defences.head.FeatureCache`) shares the clean set's classifier inputs
+    between several classifier-only defences run on one model.
+
+    Returns ``(purified_model, history)``. Every history holds ``"method"``, ``"config"``,
+    ``"seconds"``, ``"changed"`` (``"head"`` when only the classifier changed, else ``"model"``)
+    and ``"setting"`` (the options that define the run that was kept); a defence that chose its
+    strength from clean data adds ``"selection"`` in the layout of
+    :func:`~ngfkit.defences.selection.selection_record`; defences add what else they record
+    (NGF: the loss per step).
     """
     defence = DEFENCES.get(method)(**options)
     if len(clean_data) == 0:
         raise NgfkitError("the clean set is empty; give the defence at least a few clean images")
     start = time.perf_counter()
-    purified, history = defence.run(model, clean_data, device=torch.device(device), progress=progress)
-    history = {"method": method, "config": dataclasses.asdict(defence.config), **history,
+    purified, history = defence.run(model, clean_data, device=resolve_device(device), progress=progress,
+                                    features=features)
+    setting = history.pop("setting", None)
+    if setting is None:
+        setting = {defence.strength: getattr(defence.config, defence.strength)} if defence.strength else {}
+    history = {"method": method, "config": dataclasses.asdict(defence.config),
+               "changed": "head" if defence.head_only(model) else "model", "setting": setting, **history,
                "seconds": time.perf_counter() - start}
     return purified, history

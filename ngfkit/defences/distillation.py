@@ -240,6 +240,6 @@ class NAD(StepsDefence):
             return loss
         return extra_loss
 
-    def run(self, model, clean_data, *, device, progress):
+    def run(self, model, clean_data, *, device, progress, features=None):
         purified, fit, _ = self._train(model, clean_data, device=device, progress=progress)
         return purified, {key: fit[key] for key in ("loss", "attention_loss", "teacher_loss", "layers")}

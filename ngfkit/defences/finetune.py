@@ -14,10 +14,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..errors import NgfkitError
-from ..models import classifier_layer
-from .natural_gradient import frozen_except
-from ..train import StepHooks, TrainConfig, train_model
+from ..train import StepHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence
+from .head import HeadDefence, layer_matrix
 
 
 @dataclass
@@ -78,11 +77,12 @@ class StepsDefence(Defence):
     def _train(self, model, data, *, device, progress, snapshot_at=()):
         raise NotImplementedError
 
-    def run(self, model, clean_data, *, device, progress):
+    def run(self, model, clean_data, *, device, progress, features=None):
         purified, fit, _ = self._train(model, clean_data, device=device, progress=progress)
         return purified, {"loss": fit["loss"]}
 
-    def path(self, model, clean_data, values, *, device, progress) -> Iterator[tuple[int, nn.Module]]:
+    def path(self, model, clean_data, values, *, device, progress,
+             features=None) -> Iterator[tuple[int, nn.Module]]:
         longest = self.with_options(steps=max(values))
         _, _, snapshots = longest._train(model, clean_data, device=device, progress=progress,
                                          snapshot_at=tuple(values))
@@ -121,7 +121,7 @@ class LastLayerConfig:
 
 
 @DEFENCES.register("ft-last")
-class FineTuneLast(Defence):
+class FineTuneLast(HeadDefence):
     """SGD on the single layer NGF trains (the classifier), the body frozen in eval mode: the
     control that isolates what the natural gradient adds. It sees exactly NGF's data (the same
     cached features of the same augmented views, steps, batch and schedule); only the update
@@ -134,33 +134,19 @@ class FineTuneLast(Defence):
     strength = "lr"
     strength_grid = (0.01, 0.03, 0.1, 0.3, 1.0)
 
-    def _features(self, model, clean_data, device):
-        from .natural_gradient import cache_features
-
-        model = copy.deepcopy(model).to(device).eval()
-        return model, cache_features(model, classifier_layer(model), clean_data, views=self.config.augment,
-                                     seed=self.config.seed, device=device)
-
-    def _fit(self, model, data, lr, progress, on_step=None) -> tuple[nn.Module, dict]:
-        """``on_step(step, head)``, if given, sees the head being trained after every step."""
+    def fit_heads(self, data, head, values, *, on_step=None):
         cfg = self.config
-        tuned = copy.deepcopy(model)
-        head = classifier_layer(tuned)
-        train_cfg = TrainConfig(steps=cfg.steps, lr=lr, final_lr_ratio=cfg.final_lr_ratio, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, batch_size=min(cfg.batch_size, len(data)))
-        fit = train_model(head, data, train_cfg, seed=cfg.seed, device=head.weight.device, progress=progress,
-                          desc=self.name, on_step=None if on_step is None else (lambda step, _: on_step(step, head)))
-        return tuned.eval(), fit
-
-    def run(self, model, clean_data, *, device, progress):
-        model, data = self._features(model, clean_data, device)
-        tuned, fit = self._fit(model, data, self.config.lr, progress)
-        return tuned, {"loss": fit["loss"]}
-
-    def path(self, model, clean_data, values, *, device, progress):
-        model, data = self._features(model, clean_data, device)
+        heads = []
         for value in values:
-            yield value, self._fit(model, data, value, progress)[0]
+            layer = copy.deepcopy(head)
+            train_cfg = TrainConfig(steps=cfg.steps, lr=value, final_lr_ratio=cfg.final_lr_ratio,
+                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    batch_size=min(cfg.batch_size, len(data)))
+            train_model(layer, data, train_cfg, seed=cfg.seed, device=layer.weight.device, progress=False,
+                        desc=self.name, on_step=None if on_step is None else
+                        (lambda step, _, layer=layer: on_step(step, layer_matrix(layer).unsqueeze(0))))
+            heads.append(layer_matrix(layer))
+        return heads
 
 
 @dataclass

@@ -10,28 +10,16 @@ Shapes: ``M`` heads, ``B`` batch, ``C`` classes, ``D`` features (+1 for the bias
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..curvature.fisher import fisher_labels, softmax_output_gradients, symmetric_eigh, with_bias_column
-
-
-def _rotate(q_g: Tensor, m: Tensor, q_a: Tensor) -> Tensor:
-    return q_g.transpose(1, 2) @ m @ q_a
-
-
-def _unrotate(q_g: Tensor, m: Tensor, q_a: Tensor) -> Tensor:
-    return q_g @ m @ q_a.transpose(1, 2)
-
-
-def head_predictions(weight: Tensor, features: Tensor) -> Tensor:
-    """Classes predicted by heads ``weight`` ``(..., C, D+1)`` (``[W, b]``) for ``features`` ``(N, D)``,
-    shape ``(..., N)``."""
-    return (features @ weight[..., :-1].transpose(-1, -2) + weight[..., None, :, -1]).argmax(-1)
+from ..curvature.fisher import KFACState, eigenbasis_scales, with_bias_column
+from ..train import cosine_factor
+from .head import head_predictions
+from .natural_gradient import head_statistics, kl_clip_scale, proximal_pull
 
 
 def _batch_indices(train_sets: Sequence[Tensor], views: int, num_images: int, steps: int, batch: int,
@@ -79,23 +67,19 @@ def fit_heads(features: Tensor, labels: Tensor, weight: Tensor, train_sets: Sequ
     w = weight.unsqueeze(0).repeat(m_heads, 1, 1)
     anchor = w.clone()
     momentum_buffer: Tensor | None = None
-    A = G = q_a = q_g = scales = anchor_scales = None
+    state = KFACState(cfg.damping, cfg.decay, cfg.ekfac)  # one batched state for all M heads
+    anchor_scales = None
     anchor_stats = None
     if cfg.reg_strength > 0:
-        anchor_stats = []
+        # the backdoored head's Fisher on each head's clean images themselves (view 0), as the generic path
         stats_generator = torch.Generator().manual_seed(cfg.seed)
-        for images in train_sets:
-            rows = images.to(flat.device)  # the clean images themselves (view 0), as the generic path
-            a = flat[rows]
-            logits = a @ weight.T
-            chosen = fisher_labels(logits, targets[rows], cfg.fisher, stats_generator)
-            anchor_stats.append((a, softmax_output_gradients(logits, chosen)))
+        anchor_stats = [head_statistics(flat[rows], weight, targets[rows], cfg.fisher, stats_generator)
+                        for rows in (images.to(flat.device) for images in train_sets)]
 
     losses, curve = [], []
     total = max(1, cfg.steps)
     for step in range(cfg.steps):
-        factor = cfg.final_lr_ratio + (1 - cfg.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * step / total))
-        lr = base_lr * factor
+        lr = base_lr * cosine_factor(step, total, cfg.final_lr_ratio)
         a = flat[index[:, step]]  # (M, B, D+1)
         y = targets[index[:, step]]  # (M, B)
         logits = a @ w.transpose(1, 2)
@@ -108,37 +92,23 @@ def fit_heads(features: Tensor, labels: Tensor, weight: Tensor, train_sets: Sequ
                 g = probs - F.one_hot(sampled.view(m_heads, -1).to(a.device), c).to(a.dtype)
             else:
                 g = probs - onehot
-            a_new = a.transpose(1, 2) @ a / batch
-            g_new = g.transpose(1, 2) @ g / batch
-            A = a_new if A is None else cfg.decay * A + (1 - cfg.decay) * a_new
-            G = g_new if G is None else cfg.decay * G + (1 - cfg.decay) * g_new
-            if cfg.ekfac and q_a is not None:
-                fresh = (g @ q_g).pow(2).transpose(1, 2) @ (a @ q_a).pow(2) / batch
-                scales = cfg.decay * scales + (1 - cfg.decay) * fresh
+            state.update(a, g)
             if step % cfg.eigen_every == 0:
-                eig_a, q_a = symmetric_eigh(A)
-                eig_g, q_g = symmetric_eigh(G)
-                scales = eig_g.clamp_min(0).unsqueeze(2) * eig_a.clamp_min(0).unsqueeze(1)
+                state.refresh_eigenbasis()
                 if anchor_stats is not None:
-                    anchor_scales = torch.stack([
-                        (gm @ q_g[i]).pow(2).T @ (am @ q_a[i]).pow(2) / am.shape[0]
-                        for i, (am, gm) in enumerate(anchor_stats)])
+                    anchor_scales = torch.stack([eigenbasis_scales(am, gm, state.q_a[i], state.q_g[i])
+                                                 for i, (am, gm) in enumerate(anchor_stats)])
 
         losses.append(-(onehot * logits.log_softmax(-1)).sum(-1).mean(-1))
         grad = (probs - onehot).transpose(1, 2) @ a / batch  # (M, C, D+1)
-        direction = _unrotate(q_g, _rotate(q_g, grad, q_a) / (scales + cfg.damping), q_a)
-        inner = (direction * grad).sum((1, 2))
-        clip = torch.sqrt(cfg.kl_clip / (lr.view(-1) ** 2 * inner.clamp_min(1e-30)))
-        nu = torch.where(inner > 0, clip.clamp(max=1.0), torch.ones_like(inner)).view(-1, 1, 1)
+        direction = state.solve(grad)
+        nu = kl_clip_scale((direction * grad).sum((1, 2)), lr.view(-1), cfg.kl_clip).view(-1, 1, 1)
         step_dir = nu * direction + cfg.weight_decay * w
         momentum_buffer = step_dir.clone() if momentum_buffer is None else cfg.momentum * momentum_buffer + step_dir
         w = w - lr * momentum_buffer
 
         if anchor_stats is not None:
-            metric = scales + cfg.damping
-            rotated = _rotate(q_g, w - anchor, q_a)
-            rotated = rotated * metric / (metric + lr * cfg.reg_strength * anchor_scales)
-            w = anchor + _unrotate(q_g, rotated, q_a)
+            w = anchor + proximal_pull(w - anchor, state, anchor_scales, lr, cfg.reg_strength)
 
         done = step + 1
         if on_step is not None:

@@ -1,61 +1,59 @@
 """Natural Gradient Fine-tuning (NGF): EKFAC-preconditioned steps on chosen linear layers.
 
-The pieces, each usable alone:
+The maths, written once and used both by the hook-based optimiser here (any layers, inside the
+shared training loop :func:`~ngfkit.train.train_model`) and by the batched heads of the fast path
+(:func:`~ngfkit.defences.heads.fit_heads`):
 
-- :class:`LayerTaps` records the inputs ``a`` and outputs ``s`` of the chosen layers;
-- :class:`NaturalGradient` (a :class:`~ngfkit.train.StepHooks`) keeps a running EKFAC estimate
-  of each layer's Fisher and turns the loss gradient into a damped, KL-clipped natural gradient;
-- :class:`FisherRegulariser` pulls weights that matter for clean data back toward the
-  backdoored model's, as an exact proximal step (stable for any strength);
-- :func:`cache_features` + :class:`FeatureDataset` give the fast path: with the body frozen, the
-  classifier's inputs on the clean set are computed once and NGF runs on them alone
-  (:func:`reuse_features` shares them between several defences run on one model).
+- :class:`~ngfkit.curvature.fisher.KFACState` holds the running EKFAC estimate and solves with it;
+- :func:`kl_clip_scale` is the KL clip of one step;
+- :func:`proximal_pull` is the exact proximal step of the Fisher regulariser in that geometry.
+
+The hooks: :class:`LayerTaps` records the inputs ``a`` and outputs ``s`` of the chosen layers;
+:class:`NaturalGradient` (a :class:`~ngfkit.train.StepHooks`) turns the loss gradient into a
+damped, KL-clipped natural gradient; :class:`FisherRegulariser` pulls weights that matter for
+clean data back toward the backdoored model's.
 """
 from __future__ import annotations
-
-import hashlib
-import math
-from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..batches import iterate_batches, random_crop_flip
+from ..batches import iterate_batches
 from ..curvature.fisher import (KFACState, diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors,
-                     symmetric_eigh, with_bias_column)
-from ..train import CombinedHooks, StepHooks, to_channels_last, use_channels_last  # noqa: F401
+                                softmax_output_gradients, symmetric_eigh, with_bias_column)
+from ..train import StepHooks
+from .head import layer_gradient, layer_matrix, set_layer_gradient, set_layer_matrix
 
 
-def layer_gradient(layer: nn.Linear) -> Tensor:
-    """``[dW, db]`` as one ``(D_out, D_in [+1])`` matrix."""
-    if layer.bias is None:
-        return layer.weight.grad
-    return torch.cat([layer.weight.grad, layer.bias.grad.view(-1, 1)], dim=1)
+def kl_clip_scale(inner: Tensor, lr: Tensor | float, kl_clip: float) -> Tensor:
+    """``ν = min(1, sqrt(kl_clip / (lr² ⟨V, ∇⟩)))`` (1 where ``⟨V, ∇⟩ <= 0``), elementwise over a
+    batch of steps: ``inner`` ``(M,)`` (or a scalar) is ``Σ V ⊙ ∇`` of each step, ``lr`` its learning rate."""
+    lr = torch.as_tensor(lr, dtype=inner.dtype, device=inner.device)
+    clip = torch.sqrt(kl_clip / (lr.reshape(inner.shape) ** 2 * inner.clamp_min(1e-30)))
+    return torch.where(inner > 0, clip.clamp(max=1.0), torch.ones_like(inner))
 
 
-def set_layer_gradient(layer: nn.Linear, grad: Tensor) -> None:
-    d_in = layer.weight.shape[1]
-    layer.weight.grad.copy_(grad[:, :d_in])
-    if layer.bias is not None:
-        layer.bias.grad.copy_(grad[:, d_in])
+def proximal_pull(delta: Tensor, state: KFACState, anchor_scales: Tensor, lr: Tensor | float,
+                  strength: float) -> Tensor:
+    """The displacement from the anchor after the regulariser's exact proximal step.
+
+    Minimises ``‖θ − θ_step‖²_M / (2 lr) + (η/2) ‖θ − θ⁰‖²_F`` with ``M`` the damped EKFAC metric
+    of ``state`` and ``F`` the anchor's Fisher diagonalised in the same eigenbasis
+    (``anchor_scales`` ``(..., D_out, D_in)``); ``delta = θ_step − θ⁰`` ``(..., D_out, D_in)``.
+    In that basis each coordinate shrinks by ``M / (M + lr η F)``, so the step never diverges.
+    """
+    metric = state.scales + state.damping
+    return state.unrotate(state.rotate(delta) * metric / (metric + lr * strength * anchor_scales))
 
 
-def layer_matrix(layer: nn.Linear) -> Tensor:
-    """``[W, b]`` as one ``(D_out, D_in [+1])`` matrix (a copy)."""
-    if layer.bias is None:
-        return layer.weight.detach().clone()
-    return torch.cat([layer.weight.detach(), layer.bias.detach().view(-1, 1)], dim=1)
-
-
-def set_layer_matrix(layer: nn.Linear, matrix: Tensor) -> None:
-    d_in = layer.weight.shape[1]
-    with torch.no_grad():
-        layer.weight.copy_(matrix[:, :d_in])
-        if layer.bias is not None:
-            layer.bias.copy_(matrix[:, d_in])
+def head_statistics(a: Tensor, weight: Tensor, labels: Tensor, fisher: str,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Per-sample inputs ``a`` ``(N, D+1)`` and output gradients ``g`` ``(N, C)`` of the head
+    ``weight`` ``(C, D+1)`` on cached features with the bias column: the statistics its Fisher is built from."""
+    logits = a @ weight.T
+    return a, softmax_output_gradients(logits, fisher_labels(logits, labels, fisher, generator))
 
 
 class LayerTaps:
@@ -125,10 +123,11 @@ class NaturalGradient(StepHooks):
         for name, layer in self.layers.items():
             grad = layer_gradient(layer)
             directions[name] = self.states[name].solve(grad)
-            inner += (directions[name] * grad).sum().item()
-        self.last_scale = 1.0 if inner <= 0 else min(1.0, math.sqrt(self.kl_clip / (lr * lr * inner)))
+            inner = inner + (directions[name] * grad).sum()
+        scale = kl_clip_scale(torch.as_tensor(inner), lr, self.kl_clip)
+        self.last_scale = float(scale)
         for name, layer in self.layers.items():
-            set_layer_gradient(layer, self.last_scale * directions[name])
+            set_layer_gradient(layer, scale * directions[name])
 
     def close(self) -> None:
         self.taps.remove()
@@ -235,119 +234,10 @@ class FisherRegulariser(StepHooks):
             delta = layer_matrix(layer) - self.anchor[name]
             state = self.metric.states[name] if self.metric is not None else None
             if state is not None and state.ready:
-                metric = state.scales + state.damping
-                rotated = state.q_g.T @ delta @ state.q_a
-                rotated = rotated * metric / (metric + lr * self.strength * self.anchor_scales(name, state))
-                delta = state.q_g @ rotated @ state.q_a.T
+                delta = proximal_pull(delta, state, self.anchor_scales(name, state), lr, self.strength)
             elif self.kind == "diag":
                 delta = delta / (1 + lr * self.strength * self.curvature[name])
             else:
                 q_a, q_g, scales = self.curvature[name]
                 delta = q_g @ ((q_g.T @ delta @ q_a) / (1 + lr * self.strength * scales)) @ q_a.T
             set_layer_matrix(layer, self.anchor[name] + delta)
-
-
-class FeatureDataset(Dataset):
-    """Cached classifier inputs of ``V`` views of ``N`` images, ``features`` ``(V, N, D)``, with labels ``(N,)``.
-
-    View 0 is the unaugmented image; items run over all views (``len = V * N``). ``subset``
-    selects images (with all their views), ``original`` keeps view 0 only.
-    """
-
-    def __init__(self, features: Tensor, labels: Tensor):
-        if features.dim() == 2:
-            features = features.unsqueeze(0)
-        self.features = features
-        self.labels = labels
-        self.targets = labels.repeat(features.shape[0])
-
-    def __len__(self) -> int:
-        return self.features.shape[0] * self.features.shape[1]
-
-    def __getitem__(self, i: int):
-        return self.features.flatten(0, 1)[i], int(self.targets[i])
-
-    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        return self.features.flatten(0, 1)[indices], self.targets[indices]
-
-    def subset(self, indices: Tensor) -> "FeatureDataset":
-        return FeatureDataset(self.features[:, indices], self.labels[indices])
-
-    def original(self) -> "FeatureDataset":
-        return FeatureDataset(self.features[:1], self.labels)
-
-
-_feature_memo: dict | None = None
-
-
-def _weights_digest(model: nn.Module) -> str:
-    digest = hashlib.sha1()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-@contextmanager
-def reuse_features(store: dict | None = None) -> Iterator[dict]:
-    """Inside this block :func:`cache_features` computes each result once: a call with a model of
-    identical weights (compared by content), the same layer, the same dataset object, views, seed
-    and device returns the stored features. For running several one-layer defences on one model
-    (the book's chapters); pass the same ``store`` to several blocks to share it between them.
-    Outside any block nothing is stored."""
-    global _feature_memo
-    outer = _feature_memo
-    _feature_memo = store if store is not None else ({} if outer is None else outer)
-    try:
-        yield _feature_memo
-    finally:
-        _feature_memo = outer
-
-
-@torch.no_grad()
-def cache_features(model: nn.Module, layer: nn.Linear, dataset: Dataset, *, views: int = 0, seed: int = 0,
-                   batch_size: int = 256, device: torch.device | str = "cpu") -> FeatureDataset:
-    """Run the frozen model (eval mode) once over ``dataset`` and keep ``layer``'s inputs, for the
-    images themselves and for ``views`` randomly cropped and flipped copies of each (stored and
-    reused inside :func:`reuse_features`)."""
-    if _feature_memo is None:
-        return _compute_features(model, layer, dataset, views, seed, batch_size, device)
-    layer_name = next((n for n, m in model.named_modules() if m is layer), None)
-    key = (_weights_digest(model), layer_name, id(dataset), views, seed, batch_size, str(device))
-    if key not in _feature_memo:  # the dataset is stored too, so its id stays unique
-        _feature_memo[key] = (dataset, _compute_features(model, layer, dataset, views, seed, batch_size, device))
-    return _feature_memo[key][1]
-
-
-def _compute_features(model, layer, dataset, views, seed, batch_size, device) -> FeatureDataset:
-    captured: list[Tensor] = []
-    labels: list[Tensor] = []
-    generator = torch.Generator().manual_seed(seed)
-    handle = layer.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().flatten(1)))
-    was_training = model.training
-    use_channels_last(model).eval()
-    try:
-        for x, y in iterate_batches(dataset, batch_size, device=device):
-            model(to_channels_last(x))
-            for _ in range(views):
-                model(to_channels_last(random_crop_flip(x, generator, pad=max(1, x.shape[-1] // 14))))
-            labels.append(y)
-    finally:
-        handle.remove()
-        model.train(was_training)
-    per_batch = [torch.stack(captured[i : i + views + 1]) for i in range(0, len(captured), views + 1)]
-    return FeatureDataset(torch.cat(per_batch, dim=1), torch.cat(labels))
-
-
-@contextmanager
-def frozen_except(model: nn.Module, trainable: list[Tensor]) -> Iterator[None]:
-    """Temporarily set ``requires_grad`` only on ``trainable``."""
-    previous = {p: p.requires_grad for p in model.parameters()}
-    keep = {id(p) for p in trainable}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in keep)
-    try:
-        yield
-    finally:
-        for p, flag in previous.items():
-            p.requires_grad_(flag)

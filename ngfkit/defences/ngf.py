@@ -8,18 +8,20 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
-from ..errors import NgfkitError
+from ..batches import subset_of
 from ..curvature.fisher import FISHER_TYPES
+from ..errors import NgfkitError
 from ..metrics import evaluate, predict
 from ..models import classifier_layer
-from .natural_gradient import (CombinedHooks, FeatureDataset, FisherRegulariser, NaturalGradient, cache_features, frozen_except,
-                   layer_matrix, layer_statistics, set_layer_matrix)
-from .heads import fit_heads, head_predictions
-from ..train import TrainConfig, train_model
+from ..train import CombinedHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence
+from .head import FeatureDataset, HeadDefence, find_classifier, head_predictions, layer_matrix, set_layer_matrix
+from .heads import fit_heads
+from .natural_gradient import FisherRegulariser, NaturalGradient, layer_statistics
+from .selection import accuracy_drop, selection_record
 
 BODY_MODES = ("frozen", "sgd")
 
@@ -75,13 +77,16 @@ class NGFConfig:
 
 
 @DEFENCES.register("ngf")
-class NGF(Defence):
+class NGF(HeadDefence):
     """Natural Gradient Fine-tuning (Karim et al. 2023).
 
     By default only the final classifier is trained, the body frozen in eval mode; its inputs on
-    the clean set are then computed once and every step runs on those cached features. The
+    the clean set are then computed once and every step runs on those cached features (all the
+    runs that choosing the learning rate needs train at once, as one batch of heads). The
     learning rate is the strongest on ``lr_grid`` whose cross-fitted clean accuracy (each clean
-    image predicted by a model fine-tuned without it) falls by at most ``acc_budget`` points.
+    image predicted by a model fine-tuned without it) falls by at most ``acc_budget`` points
+    (:mod:`ngfkit.defences.selection`). With ``body="sgd"`` or other ``layers``, NGF runs as
+    hooks inside the shared training loop on images.
     """
 
     name = "ngf"
@@ -89,65 +94,69 @@ class NGF(Defence):
     strength = "lr"
     strength_grid = NGFConfig.lr_grid
 
-    def _fast(self, model: nn.Module) -> bool:
-        """Whether the batched closed-form heads apply: body frozen, only a biased classifier trained."""
-        names = self.config.layers or (getattr(model, "classifier_name", None),)
-        return (self.config.body == "frozen" and names == (getattr(model, "classifier_name", None),)
-                and classifier_layer(model).bias is not None)
+    def layer_names(self, model: nn.Module) -> tuple[str, ...]:
+        """The layers NGF preconditions: ``layers``, or the model's classifier."""
+        return self.config.layers or (find_classifier(model)[0],)
 
-    def path(self, model, clean_data, values, *, device, progress):
-        """All learning rates at once: on the fast path the clean features are cached once and
-        one batch of heads is trained, one head per value."""
-        model = copy.deepcopy(model).to(device).eval()
-        if not self._fast(model):
-            yield from super().path(model, clean_data, values, device=device, progress=progress)
-            return
-        cfg = self.config
-        data = cache_features(model, classifier_layer(model), clean_data, views=cfg.augment, seed=cfg.seed,
-                              device=device)
+    def head_only(self, model: nn.Module) -> bool:
+        return self.config.body == "frozen" and self.layer_names(model) == (find_classifier(model)[0],)
+
+    def on_cached_features(self, model: nn.Module) -> bool:
+        """Whether the batched heads on cached features apply: only a biased classifier is trained."""
+        return self.head_only(model) and classifier_layer(model, self.layer_names(model)[0]).bias is not None
+
+    def fit_heads(self, data: FeatureDataset, head: nn.Linear, values, *, on_step=None) -> list[torch.Tensor]:
         every = torch.arange(len(data.labels))
-        fit = fit_heads(data.features, data.labels, layer_matrix(classifier_layer(model)),
-                        [every] * len(values), list(values), cfg)
-        for value, weight in zip(values, fit["weight"]):
-            tuned = copy.deepcopy(model)
-            set_layer_matrix(classifier_layer(tuned), weight)
-            yield value, tuned
+        fit = fit_heads(data.features, data.labels, layer_matrix(head), [every] * len(values), list(values),
+                        self.config, on_step=on_step)
+        return list(fit["weight"])
 
-    def run(self, model: nn.Module, clean_data: Dataset, *, device: torch.device, progress: bool):
+    def path(self, model, clean_data, values, *, device, progress, features=None):
+        if self.on_cached_features(model):
+            yield from super().path(model, clean_data, values, device=device, progress=progress, features=features)
+        else:
+            yield from Defence.path(self, model, clean_data, values, device=device, progress=progress,
+                                    features=features)
+
+    def run(self, model: nn.Module, clean_data: Dataset, *, device: torch.device, progress: bool, features=None):
         cfg = self.config
         model = copy.deepcopy(model).to(device).eval()
-        names = cfg.layers or (getattr(model, "classifier_name", None),)
+        names = self.layer_names(model)
         for name in names:
             classifier_layer(model, name)  # clear error for a wrong name
-        # the batched fast path models the classifier as [W, b]; a bias-free head takes the generic path
-        fast = self._fast(model)
-        history: dict = {"fast_path": fast, "layers": list(names), "num_clean": len(clean_data)}
-        if fast:
-            head = classifier_layer(model)
-            data = cache_features(model, head, clean_data, views=cfg.augment, seed=cfg.seed, device=device)
-            weight = layer_matrix(head)
-            lr = cfg.lr
+        history: dict = {"layers": list(names), "num_clean": len(clean_data)}
+        lr = cfg.lr
+        if self.on_cached_features(model):
+            head = classifier_layer(model, names[0])
+            data = self.head_features(model, clean_data, device=device, features=features)
             if lr is None:
-                lr, history["selection"] = self._choose_lr(
-                    len(data.labels), data.labels, self._head_grid(data, weight), progress,
-                    before=head_predictions(weight, data.features[0]))
-            fit = fit_heads(data.features, data.labels, weight, [torch.arange(len(data.labels))], [lr], cfg)
+                history["selection"] = self.cross_fit_selection(data, head, progress=progress)
+                lr = history["selection"]["chosen"]
+            fit = fit_heads(data.features, data.labels, layer_matrix(head), [torch.arange(len(data.labels))], [lr], cfg)
             set_layer_matrix(head, fit["weight"][0])
             history["loss"] = fit["loss"][:, 0].tolist()
         else:
-            lr = cfg.lr
             if lr is None:
                 reference = predict(model, clean_data, device=device)
-                lr, history["selection"] = self._choose_lr(
-                    len(clean_data), reference["labels"], self._generic_grid(model, names, clean_data, device),
-                    progress, before=reference["clean"])
-            model, fit = self._finetune(model, names, clean_data, lr, device, progress, desc="ngf")
+                history["selection"] = self._cross_fit(
+                    reference["labels"], self._generic_grid(model, names, clean_data, device), progress,
+                    before=reference["clean"])
+                lr = history["selection"]["chosen"]
+            model, fit = self.finetune_layers(model, names, clean_data, lr, device, progress, desc="ngf")
             history["loss"] = fit["loss"]
-        history["chosen"] = {"lr": lr, "damping": cfg.damping, "steps": cfg.steps, "augment": cfg.augment}
+        history["setting"] = {"lr": lr, "damping": cfg.damping, "steps": cfg.steps, "augment": cfg.augment}
         return model.eval(), history
 
+    def cross_fit_selection(self, data: FeatureDataset, head: nn.Linear, *, progress: bool = False) -> dict:
+        """Choose the learning rate on cached features ``data`` of the clean set: the selection record
+        (:func:`~ngfkit.defences.selection.selection_record`, ``estimate="cross-fit"``) with each
+        value's cross-fitted accuracy and its held-out accuracy curve."""
+        weight = layer_matrix(head)
+        return self._cross_fit(data.labels, self._head_grid(data, weight), progress,
+                               before=head_predictions(weight, data.features[0]))
+
     def _head_grid(self, data: FeatureDataset, weight: torch.Tensor):
-        """Held-out predictions for every (lr, fold) at once, with the batched closed-form heads."""
+        """Held-out predictions for every (lr, fold) at once, with the batched heads."""
         cfg = self.config
 
         def grid(folds: list[torch.Tensor]):
@@ -181,9 +190,9 @@ class NGF(Defence):
                 predicted = torch.empty(len(clean_data), dtype=torch.long)
                 curve: dict[int, float] = {}
                 for k, fold in enumerate(folds):
-                    train = clean_data.subset(torch.cat([f for j, f in enumerate(folds) if j != k]))
-                    held = clean_data.subset(fold)
-                    tuned, fit = self._finetune(model, names, train, lr, device, False, desc="select", held_out=held)
+                    train = subset_of(clean_data, torch.cat([f for j, f in enumerate(folds) if j != k]))
+                    held = subset_of(clean_data, fold)
+                    tuned, fit = self.finetune_layers(model, names, train, lr, device, False, desc="select", held_out=held)
                     predicted[fold] = predict(tuned, held, device=device)["clean"]
                     for step, acc in fit["val_curve"]:
                         curve[step] = curve.get(step, 0.0) + acc * len(fold) / len(clean_data)
@@ -192,9 +201,12 @@ class NGF(Defence):
 
         return grid
 
-    def _finetune(self, net: nn.Module, layer_names, data: Dataset, lr: float, device, progress: bool,
+    def finetune_layers(self, net: nn.Module, layer_names, data: Dataset, lr: float, device, progress: bool,
                   desc: str, held_out: Dataset | None = None) -> tuple[nn.Module, dict]:
-        """Fine-tune a copy of ``net``; with ``held_out``, record its accuracy every ``eval_every`` steps."""
+        """NGF's generic path: fine-tune a copy of ``net``'s ``layer_names`` (and, with ``body="sgd"``, every
+        other parameter by plain SGD) at base learning rate ``lr``, as hooks inside the shared training
+        loop on ``data`` (images, or a :class:`FeatureDataset`); with ``held_out``, record its accuracy
+        every ``eval_every`` steps. Returns ``(tuned copy, fit)``; ``fit["val_curve"]`` holds that curve."""
         cfg = self.config
         net = copy.deepcopy(net)
         curve: list[tuple[int, float]] = []
@@ -229,32 +241,25 @@ class NGF(Defence):
         fit["val_curve"] = curve
         return net.eval(), fit
 
-    def _choose_lr(self, n: int, labels: torch.Tensor, grid_predictions, progress: bool, *, before: torch.Tensor):
-        """The strongest lr on ``lr_grid`` whose cross-fitted clean accuracy (each clean image
-        predicted by a model fine-tuned without it) is at most ``acc_budget`` points below the
-        input model's; the weakest if none is. Uses clean data only."""
+    def _cross_fit(self, labels: torch.Tensor, grid_predictions, progress: bool, *, before: torch.Tensor) -> dict:
+        """Apply the one rule to cross-fitted clean accuracies (each clean image predicted by a model
+        fine-tuned without it) of every lr on ``lr_grid``; returns the selection record."""
         cfg = self.config
+        n = len(labels)
         if n < 2 * cfg.folds:
             raise NgfkitError(f"the clean set has {n} images, too few for {cfg.folds}-fold selection; "
                               f"give more clean data or a fixed learning rate (lr)")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
         folds = list(torch.chunk(order, cfg.folds))
-        accuracy_before = 100.0 * (before.cpu() == labels.cpu()).float().mean().item()
         with tqdm(total=1, desc=f"ngf: {len(cfg.lr_grid)} lr x {cfg.folds} folds on clean data",
                   disable=not progress, leave=False) as bar:
             results = grid_predictions(folds)
             bar.update(1)
-        grid = []
-        for lr, (predicted, curve) in zip(cfg.lr_grid, results):
-            after = 100.0 * (predicted.cpu() == labels.cpu()).float().mean().item()
-            grid.append({"lr": lr, "val_acc": after, "val_acc_drop": accuracy_before - after,
-                         "val_curve": [(int(step), float(acc)) for step, acc in curve]})
-        within = [g for g in grid if g["val_acc_drop"] <= cfg.acc_budget]
-        chosen = within[-1] if within else grid[0]
-        selection = {"rule": f"strongest lr with cross-fitted clean-accuracy drop <= {cfg.acc_budget} points",
-                     "folds": cfg.folds, "val_acc_before": accuracy_before, "grid": grid,
-                     "budget_met": bool(within)}
-        return chosen["lr"], selection
+        tried = [{"value": lr, **accuracy_drop(labels, before, predicted),
+                  "val_curve": [(int(step), float(acc)) for step, acc in curve]}
+                 for lr, (predicted, curve) in zip(cfg.lr_grid, results)]
+        val_acc_before = 100.0 * float((before.cpu() == labels.cpu()).double().mean())
+        return selection_record("lr", tried, cfg.acc_budget, "cross-fit", val_acc_before, folds=cfg.folds)
 
 
 def _register_variant(name: str, doc: str, **defaults) -> type[NGF]:

@@ -190,11 +190,11 @@ class FinePruning(Defence):
                    "num_pruned": len(pruned), "num_channels": channels}
         return tuned, history
 
-    def run(self, model, clean_data, *, device, progress):
+    def run(self, model, clean_data, *, device, progress, features=None):
         target, activity = self._rank(model, clean_data, device)
         return self._prune_and_tune(model, clean_data, target, activity, device=device, progress=progress)
 
-    def path(self, model, clean_data, values, *, device, progress) -> Iterator[tuple[float, nn.Module]]:
+    def path(self, model, clean_data, values, *, device, progress, features=None) -> Iterator[tuple[float, nn.Module]]:
         settings = [self.with_options(ratio=value) for value in values]  # bad values fail before any work
         target, activity = self._rank(model, clean_data, device)
         for value, setting in zip(values, settings):
@@ -382,7 +382,7 @@ class ANP(Defence):
                 pruned[name] = channels.cpu().tolist()
         return net.eval(), pruned
 
-    def run(self, model, clean_data, *, device, progress):
+    def run(self, model, clean_data, *, device, progress, features=None):
         masks, fit = self._masks(model, clean_data, device=device, progress=progress)
         purified, pruned = self._prune(model, masks, self.config.threshold, device)
         history = {"loss": fit["loss"], "masks": {n: m.cpu().tolist() for n, m in masks.items()},
@@ -390,7 +390,7 @@ class ANP(Defence):
                    "num_neurons": sum(len(m) for m in masks.values())}
         return purified, history
 
-    def path(self, model, clean_data, values, *, device, progress) -> Iterator[tuple[float, nn.Module]]:
+    def path(self, model, clean_data, values, *, device, progress, features=None) -> Iterator[tuple[float, nn.Module]]:
         for value in values:
             self.with_options(threshold=value)  # bad values fail before the optimisation
         masks, _ = self._masks(model, clean_data, device=device, progress=progress)

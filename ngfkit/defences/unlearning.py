@@ -230,11 +230,11 @@ class IBAU(Defence):
         bar.close()
         return net.eval(), history, snapshots
 
-    def run(self, model, clean_data, *, device, progress):
+    def run(self, model, clean_data, *, device, progress, features=None):
         purified, history, _ = self._unlearn(model, clean_data, device=device, progress=progress)
         return purified, history
 
-    def path(self, model, clean_data, values, *, device, progress) -> Iterator[tuple[int, nn.Module]]:
+    def path(self, model, clean_data, values, *, device, progress, features=None) -> Iterator[tuple[int, nn.Module]]:
         """One run of ``max(values)`` rounds, snapshotted after each requested round count (the
         rounds are sequential and seeded, so the snapshot after ``r`` rounds is the ``r``-round run)."""
         longest = self.with_options(rounds=max(values))
