@@ -6,7 +6,8 @@ import torch
 
 from ngfkit.attacks import create_attack
 from ngfkit.errors import NgfkitError
-from ngfkit.viz.plots import amplified_residual, attack_gallery
+from ngfkit.viz.explorer import amplified_residual
+from ngfkit.viz.plots import attack_gallery
 
 
 def test_amplified_residual_maps_no_change_to_mid_grey_and_the_largest_change_to_the_range() -> None:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..attacks import ATTACKS, Attack, listing_order
 from ..errors import NgfkitError
-from .plots import amplified_residual
+from ..metrics import accuracy, attack_success_rate, robust_accuracy
 from .tables import markdown_table  # noqa: F401  (the one table helper; kept importable from here)
 
 TRIGGER_BUDGETS = ("short", "full")
@@ -159,6 +159,16 @@ def perturbation_stats(clean: Tensor, triggered: Tensor) -> dict[str, float]:
             "l2": float(delta.norm(dim=1).mean()),
             "psnr": math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse),
             "changed": 100.0 * float((delta.abs() > 0.5 / 255).double().mean())}
+
+
+def amplified_residual(clean: Tensor, triggered: Tensor) -> tuple[Tensor, float]:
+    """The signed change ``triggered - clean`` (two batches of one shape, e.g. ``(K, C, H, W)``)
+    mapped to ``[0, 1]`` around mid-grey, stretched so the largest change spans the range; returns
+    it (same shape) and the stretch factor (how many times the residual was amplified)."""
+    residual = triggered - clean
+    peak = float(residual.abs().max())
+    gain = 0.5 / peak if peak > 0 else 1.0
+    return (0.5 + gain * residual).clamp(0, 1), gain
 
 
 def explorer_view(attacks: Mapping[str, Attack], name: str, images: Tensor, labels: Tensor, *,
@@ -435,7 +445,7 @@ def metric_counts(predictions: Mapping[str, Tensor]) -> dict[str, float]:
     ``n`` images, ``clean_correct`` of them right without the trigger; ``attacked`` of them have a
     target label different from their own (the others do not count for ASR and RA); of those,
     ``to_target`` go to the target with the trigger, ``to_true`` keep their true class and
-    ``to_other`` go elsewhere. ``acc``, ``asr`` and ``ra`` are the percentages
+    ``to_other`` go elsewhere. ``acc``, ``asr`` and ``ra`` are :mod:`ngfkit.metrics`' percentages,
     ``clean_correct / n``, ``to_target / attacked`` and ``to_true / attacked``.
     """
     labels, clean = predictions["labels"], predictions["clean"]
@@ -445,13 +455,8 @@ def metric_counts(predictions: Mapping[str, Tensor]) -> dict[str, float]:
               "to_target": int((triggered[attacked] == target[attacked]).sum()),
               "to_true": int((triggered[attacked] == labels[attacked]).sum())}
     counts["to_other"] = counts["attacked"] - counts["to_target"] - counts["to_true"]
-
-    def percent(a: int, b: int) -> float:
-        return 100.0 * a / b if b else float("nan")
-
-    counts.update(acc=percent(counts["clean_correct"], counts["n"]),
-                  asr=percent(counts["to_target"], counts["attacked"]),
-                  ra=percent(counts["to_true"], counts["attacked"]))
+    counts.update(acc=accuracy(clean, labels), asr=attack_success_rate(triggered, labels, target),
+                  ra=robust_accuracy(triggered, labels, target))
     return counts
 
 

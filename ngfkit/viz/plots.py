@@ -1,4 +1,6 @@
-"""Plotly figures used by the book (kept here so that chapters only call them)."""
+"""Plotly figures used by the book (kept here so that chapters only call them): attacks, the
+defence benchmark, curvature. The studies' figures are in :mod:`ngfkit.viz.sweep`,
+:mod:`ngfkit.viz.trajectory` and :mod:`ngfkit.viz.fisher_check`."""
 from __future__ import annotations
 
 import statistics
@@ -9,6 +11,7 @@ from torch import Tensor
 
 from ..attacks import Attack
 from ..errors import NgfkitError
+from .explorer import amplified_residual, view_summary
 
 
 def _as_rgb_uint8(image: Tensor) -> Tensor:
@@ -17,16 +20,6 @@ def _as_rgb_uint8(image: Tensor) -> Tensor:
     if image.shape[0] == 1:
         image = image.expand(3, -1, -1)
     return (image * 255).round().to(torch.uint8).permute(1, 2, 0)
-
-
-def amplified_residual(clean: Tensor, triggered: Tensor) -> tuple[Tensor, float]:
-    """The signed change ``triggered - clean`` mapped to ``[0, 1]`` around mid-grey, stretched so
-    the largest change spans the range; returns it and the stretch factor (how many times the
-    residual was amplified)."""
-    residual = triggered - clean
-    peak = float(residual.abs().max())
-    gain = 0.5 / peak if peak > 0 else 1.0
-    return (0.5 + gain * residual).clamp(0, 1), gain
 
 
 def attack_gallery(attacks: Sequence[Attack], images: Tensor, labels: Tensor, *, class_names=None):
@@ -338,8 +331,6 @@ def explorer_figure(view: dict, *, class_name=str, title: str | None = None):
     the view's statistics under the title. ``class_name``: ``int -> str`` for the row labels."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-
-    from .explorer import view_summary
 
     rows = len(view["clean"])
     if rows == 0 or not (len(view["triggered"]) == len(view["residual"]) == rows):
