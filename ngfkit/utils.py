@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .errors import NgfkitError
+from .version import __version__
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -77,8 +78,6 @@ def versions() -> dict[str, str]:
     """Versions that a result depends on, recorded next to every result (with the GPU's name,
     since timings and even curvature estimates are compared across machines)."""
     import torchvision
-
-    from . import __version__
 
     return {
         "ngfkit": __version__,
