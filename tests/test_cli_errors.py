@@ -22,7 +22,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("NGFKIT_DATA", raising=False)
     monkeypatch.setenv("NGFKIT_CACHE", str(tmp_path / "cache"))
     nowhere = tmp_path / "nowhere"
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {name: (nowhere / name,) for name in data.SYSTEM_DATA_DIRS})
+    monkeypatch.setattr(data.locations, "SYSTEM_DATA_DIRS", {name: (nowhere / name,) for name in data.SYSTEM_DATA_DIRS})
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

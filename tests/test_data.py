@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ngfkit import data
+from ngfkit.data import fashion_mnist, locations
 from ngfkit.data import (
     DATASETS,
     DatasetInfo,
@@ -36,7 +37,8 @@ def _isolated_locations(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytes
     empty = tmp_path_factory.mktemp("nowhere")
     monkeypatch.delenv("NGFKIT_DATA", raising=False)
     monkeypatch.setenv("NGFKIT_CACHE", str(empty / "cache"))
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {name: (empty / name,) for name in data.SYSTEM_DATA_DIRS})
+    # patched in ngfkit.data.locations, the module whose candidate_dirs reads it
+    monkeypatch.setattr(locations, "SYSTEM_DATA_DIRS", {name: (empty / name,) for name in data.SYSTEM_DATA_DIRS})
 
 
 # --- writers for the on-disk formats ---------------------------------------------------------
@@ -144,7 +146,7 @@ def test_fashion_mnist_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 def test_fashion_mnist_from_system_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_fashion(tmp_path / "debian")
-    monkeypatch.setitem(data.SYSTEM_DATA_DIRS, "fashion-mnist", (tmp_path / "debian",))
+    monkeypatch.setitem(locations.SYSTEM_DATA_DIRS, "fashion-mnist", (tmp_path / "debian",))
     assert len(load_dataset("fashion-mnist", "test")) == 3
 
 
@@ -155,7 +157,7 @@ def test_fashion_mnist_missing(tmp_path: Path) -> None:
     assert "\n" not in msg and "not found" in msg
     for fix in ("dataset-fashion-mnist", "--data-root", "--download"):
         assert fix in msg
-    assert str(data.SYSTEM_DATA_DIRS["fashion-mnist"][0]) in msg
+    assert str(locations.SYSTEM_DATA_DIRS["fashion-mnist"][0]) in msg
 
 
 def test_fashion_mnist_download_goes_to_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +168,7 @@ def test_fashion_mnist_download_goes_to_cache(tmp_path: Path, monkeypatch: pytes
         write_fashion(target / "FashionMNIST" / "raw")
 
     monkeypatch.setenv("NGFKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_fetch_fashion", fake_fetch)
+    monkeypatch.setattr(fashion_mnist, "fetch", fake_fetch)
     assert len(load_dataset("fashion-mnist", "test", download=True)) == 3
     assert targets == [tmp_path / "cache" / "data" / "fashion-mnist"]
     assert len(load_dataset("fashion-mnist", "train")) == 7  # an earlier download is found again
@@ -177,7 +179,7 @@ def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def failing_fetch(target: Path) -> None:
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://..., got:\nno network")
 
-    monkeypatch.setattr(data, "_fetch_fashion", failing_fetch)
+    monkeypatch.setattr(fashion_mnist, "fetch", failing_fetch)
     with pytest.raises(NgfkitError) as err:
         load_dataset("fashion-mnist", "train", root=tmp_path, download=True)
     assert "\n" not in str(err.value) and "download" in str(err.value) and str(tmp_path) in str(err.value)
@@ -221,7 +223,7 @@ def test_fashion_mnist_truncated_idx(tmp_path: Path) -> None:
     not DEBIAN_FASHION.is_dir(), reason=f"{DEBIAN_FASHION} not installed (apt-get install dataset-fashion-mnist)"
 )
 def test_fashion_mnist_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", REAL_SYSTEM_DATA_DIRS)
+    monkeypatch.setattr(locations, "SYSTEM_DATA_DIRS", REAL_SYSTEM_DATA_DIRS)
     ds = load_dataset("fashion-mnist", "test")
     assert ds.images.shape == (10000, 1, 28, 28)
     assert ds.targets.bincount().tolist() == [1000] * 10
