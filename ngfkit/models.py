@@ -6,12 +6,16 @@ NGF can find the layer it fine-tunes.
 """
 from __future__ import annotations
 
+import copy
+
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
+from .batches import iterate_batches
 from .errors import NgfkitError
 from .registry import Registry
 
@@ -136,3 +140,68 @@ def classifier_layer(model: nn.Module, name: str | None = None) -> nn.Linear:
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         raise NgfkitError(f"layer {name!r} is not an nn.Linear of this model; Linear layers are: {', '.join(linear)}")
     return module
+
+
+def find_classifier(model: nn.Module, clean_data: Dataset | None = None, *,
+                    layer: str | None = None) -> tuple[str, nn.Linear]:
+    """``(name, module)`` of the classifier, the ``nn.Linear`` whose output is the model's logits.
+
+    ``layer`` names it explicitly; else the model's ``classifier_name`` (ngfkit's architectures);
+    else, with ``clean_data``, every ``nn.Linear`` is watched by a forward hook on one batch and the
+    one whose output equals the model's output is it; without data, a model with a single
+    ``nn.Linear`` has that one. Anything else is a one-line error naming the candidates and ``layer=``.
+    """
+    modules = dict(model.named_modules())
+    linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+    name = layer or getattr(model, "classifier_name", None)
+    if name is not None:
+        if not isinstance(modules.get(name), nn.Linear):
+            raise NgfkitError(f"layer {name!r} is not an nn.Linear of this model; its nn.Linear layers are: "
+                              f"{', '.join(linear) or 'none'}")
+        return name, modules[name]
+    if not linear:
+        raise NgfkitError("the model has no nn.Linear layer, so no classifier to fine-tune; "
+                          "pass layer=NAME naming its final linear layer")
+    if clean_data is None or len(linear) == 1:
+        if len(linear) == 1:
+            return linear[0], modules[linear[0]]
+        raise NgfkitError(f"the model has several nn.Linear layers ({', '.join(linear)}); pass layer=NAME "
+                          f"naming the one that outputs the logits")
+    outputs: dict[str, Tensor] = {}
+    handles = [modules[n].register_forward_hook(lambda m, args, out, n=n: outputs.__setitem__(n, out))
+               for n in linear]
+    was_training = model.training
+    try:
+        x, _ = next(iterate_batches(clean_data, 2, device=next(model.parameters()).device))
+        with torch.no_grad():
+            logits = model.eval()(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    found = [n for n, out in outputs.items() if isinstance(logits, Tensor) and out.shape == logits.shape
+             and torch.equal(out, logits)]
+    if len(found) != 1:
+        what = "none of" if not found else "several of"
+        raise NgfkitError(f"{what} the model's nn.Linear layers ({', '.join(found or linear)}) output its logits "
+                          f"directly; pass layer=NAME naming its classifier")
+    return found[0], modules[found[0]]
+
+
+def named_classifier(model: nn.Module, clean_data: Dataset, *, layer: str | None = None,
+                     required: bool = True) -> nn.Module:
+    """``model`` itself when it names its classifier (``classifier_name``, as ngfkit's architectures do)
+    and no other ``layer`` is asked for; else a copy that does, the classifier found by
+    :func:`find_classifier` (a forward hook on one clean batch). With
+    ``required=False`` a model without a findable classifier is returned as it is."""
+    if layer is None and getattr(model, "classifier_name", None) is not None:
+        return model
+    try:
+        name, _ = find_classifier(model, clean_data, layer=layer)
+    except NgfkitError:
+        if required:
+            raise
+        return model
+    model = copy.deepcopy(model)
+    model.classifier_name = name
+    return model

@@ -6,7 +6,8 @@ Classifier-only defences follow the protocol of :mod:`ngfkit.defences.head` (:cl
 """
 from . import distillation, finetune, ngf, pruning, unlearning  # noqa: F401  (each registers its defences)
 from .base import DEFENCES, Defence, purify
-from .head import FeatureCache, HeadDefence, find_classifier
+from ..models import find_classifier
+from .head import FeatureCache, HeadDefence
 from .selection import select_and_purify
 
 __all__ = ["DEFENCES", "Defence", "FeatureCache", "HeadDefence", "find_classifier", "purify", "select_and_purify"]

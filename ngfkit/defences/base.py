@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import NgfkitError
+from ..models import named_classifier
 from ..registry import Registry
 from ..utils import resolve_device
 
@@ -45,6 +46,9 @@ class Defence:
         :class:`~ngfkit.defences.head.FeatureCache` that classifier-only defences may read from."""
         raise NotImplementedError
 
+    #: whether the defence needs to know the model's classifier layer (classifier-only defences do)
+    needs_classifier: ClassVar[bool] = False
+
     def head_only(self, model: nn.Module) -> bool:
         """Whether this defence, as configured, changes nothing of ``model`` but its classifier."""
         return False
@@ -67,10 +71,14 @@ class Defence:
 
 
 def purify(model: nn.Module, clean_data: Dataset, method: str = "ngf", *, device: str | torch.device = "auto",
-           progress: bool = True, features: Any = None, **options: Any) -> tuple[nn.Module, dict]:
+           progress: bool = True, features: Any = None, layer: str | None = None,
+           **options: Any) -> tuple[nn.Module, dict]:
     """Purify ``model`` with the defence ``method`` using only ``clean_data``.
 
-    The input model is left untouched. ``device="auto"`` uses CUDA when available. ``features``
+    ``model`` may be any ``nn.Module`` mapping ``(N, C, H, W)`` images in ``[0, 1]`` to logits and
+    ``clean_data`` any map-style dataset of ``(image, label)``; the classifier is found automatically
+    (:func:`~ngfkit.models.find_classifier`) or named by ``layer``. The input model is left
+    untouched. ``device="auto"`` uses CUDA when available. ``features``
     (a :class:`~ngfkit.defences.head.FeatureCache`) shares the clean set's classifier inputs
     between several classifier-only defences run on one model.
 
@@ -85,6 +93,7 @@ def purify(model: nn.Module, clean_data: Dataset, method: str = "ngf", *, device
     if len(clean_data) == 0:
         raise NgfkitError("the clean set is empty; give the defence at least a few clean images")
     start = time.perf_counter()
+    model = named_classifier(model, clean_data, layer=layer, required=defence.needs_classifier)
     purified, history = defence.run(model, clean_data, device=resolve_device(device), progress=progress,
                                     features=features)
     setting = history.pop("setting", None)

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..batches import iterate_batches, random_crop_flip
-from ..errors import NgfkitError
 from ..models import classifier_layer
 from ..train import to_channels_last, use_channels_last
 from .base import Defence
@@ -161,19 +160,6 @@ class FeatureCache:
         return self._entries[key][1]
 
 
-def find_classifier(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Linear]:
-    """``(name, module)`` of the classifier: ``layer`` if given, else the model's ``classifier_name``,
-    else the only ``nn.Linear`` of the model, else the last ``nn.Linear`` registered in it."""
-    modules = dict(model.named_modules())
-    name = layer or getattr(model, "classifier_name", None)
-    if name is None:
-        linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
-        if not linear:
-            raise NgfkitError("the model has no nn.Linear layer to fine-tune; pass layer=NAME naming its classifier")
-        name = linear[-1]
-    return name, classifier_layer(model, name)
-
-
 class HeadDefence(Defence):
     """Base of the defences that train the classifier alone, on cached features of the clean set.
 
@@ -181,6 +167,8 @@ class HeadDefence(Defence):
     subclass whose configuration can also train the body overrides :meth:`head_only` and handles
     that case in its own :meth:`run`. The config must have ``augment`` (views per image) and ``seed``.
     """
+
+    needs_classifier = True
 
     def head_only(self, model: nn.Module) -> bool:
         return True

@@ -15,10 +15,10 @@ from ..batches import subset_of
 from ..curvature.fisher import FISHER_TYPES
 from ..errors import NgfkitError
 from ..metrics import evaluate, predict
-from ..models import classifier_layer
+from ..models import classifier_layer, find_classifier
 from ..train import CombinedHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence
-from .head import FeatureDataset, HeadDefence, find_classifier, head_predictions, layer_matrix, set_layer_matrix
+from .head import FeatureDataset, HeadDefence, head_predictions, layer_matrix, set_layer_matrix
 from .heads import fit_heads
 from .natural_gradient import FisherRegulariser, NaturalGradient, layer_statistics
 from .selection import accuracy_drop, selection_record

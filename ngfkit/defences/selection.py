@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from ..batches import subset_of
 from ..errors import NgfkitError
 from ..metrics import predict
-from .base import DEFENCES
+from ..utils import resolve_device
+from .base import DEFENCES, named_classifier
 from .head import FeatureCache
 
 
@@ -91,8 +92,9 @@ def holdout_split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torc
 
 def select_and_purify(model: nn.Module, clean_data: Dataset, method: str, *, acc_budget: float = 3.0,
                       holdout: float = 0.2, values: tuple | None = None, seed: int = 0,
-                      device: str | torch.device = "cpu", progress: bool = True,
-                      features: FeatureCache | None = None, **options: Any) -> tuple[nn.Module, dict]:
+                      device: str | torch.device = "auto", progress: bool = True,
+                      features: FeatureCache | None = None, layer: str | None = None,
+                      **options: Any) -> tuple[nn.Module, dict]:
     """Run ``method`` along its strength knob on part of ``clean_data`` and keep the strongest
     setting whose held-out clean accuracy drops at most ``acc_budget`` points (the one rule).
 
@@ -104,13 +106,14 @@ def select_and_purify(model: nn.Module, clean_data: Dataset, method: str, *, acc
     if "seed" in {f.name for f in dataclasses.fields(defence_class.Config)}:
         options = {"seed": seed, **options}
     defence = defence_class(**options)
+    model = named_classifier(model, clean_data, layer=layer, required=defence.needs_classifier)
     knob = defence.strength
     if not knob:
         raise NgfkitError(f"defence {method!r} has no strength knob to select")
     values = tuple(values or defence.strength_grid)
     if not values:
         raise NgfkitError(f"defence {method!r} has no values to try for {knob}")
-    device = torch.device(device)
+    device = resolve_device(device)
     start = time.perf_counter()
     fit_idx, held_idx = holdout_split(len(clean_data), holdout, seed)
     fit, held = subset_of(clean_data, fit_idx), subset_of(clean_data, held_idx)
