@@ -14,17 +14,27 @@ from torch.utils.data import DataLoader, Dataset
 
 def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                    drop_last: bool = False, num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(x, y)`` with ``x`` of shape ``(B, C, H, W)`` in ``[0, 1]`` and ``y`` of shape ``(B,)``."""
+                    drop_last: bool = False, num_workers: int = 0,
+                    replacement: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(x, y)`` with ``x`` of shape ``(B, C, H, W)`` in ``[0, 1]`` and ``y`` of shape ``(B,)``.
+
+    ``shuffle`` visits every item once per pass in random order; with ``replacement`` too, a pass
+    is ``len(dataset)`` items drawn with replacement (as the NGF reference code samples)."""
     n = len(dataset)
     if hasattr(dataset, "get_batch"):
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if shuffle and replacement:
+            order = torch.randint(n, (n,), generator=generator)
+        else:
+            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             x, y = dataset.get_batch(order[start : start + batch_size])
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, generator=generator) \
+        if shuffle and replacement else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                        generator=generator if sampler is None else None,
                         drop_last=drop_last and n >= batch_size, num_workers=num_workers,
                         pin_memory=torch.device(device).type == "cuda")
     for x, y in loader:

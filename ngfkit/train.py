@@ -113,13 +113,18 @@ def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, *, seed
                 desc: str = "train", params: list[Tensor] | None = None, train_mode: bool = True,
                 hooks: StepHooks | None = None,
                 on_step: Callable[[int, float], None] | None = None,
-                extra_loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> dict:
+                extra_loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+                lr_factor: Callable[[int], float] | None = None, weight_decay_from: int = 0,
+                replacement: bool = False) -> dict:
     """Train ``model`` in place with SGD + momentum and a per-step cosine schedule.
 
     ``params`` restricts the optimised tensors (default: all); ``train_mode=False`` keeps
     BatchNorm and dropout in eval mode (a frozen body); ``hooks`` let a defence precondition or
     regularise the steps; ``extra_loss(x, logits, y)`` is added to the cross-entropy (a
-    distillation term, say). Returns ``{"loss": [...per step], "seconds": float}``.
+    distillation term, say). ``lr_factor(step)`` replaces the cosine schedule's multiplier,
+    ``weight_decay_from`` holds weight decay off before that step, ``replacement`` draws batches with
+    replacement (the three let NGF's reference code run in this loop). Returns
+    ``{"loss": [...per step], "seconds": float}``.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -129,14 +134,17 @@ def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, *, seed
                                 weight_decay=config.weight_decay)
     steps_per_epoch = num_batches(dataset, config.batch_size, drop_last=True)
     total = max(1, config.steps if config.steps is not None else config.epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: cosine_factor(s, total, config.final_lr_ratio))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lr_factor or (lambda s: cosine_factor(s, total, config.final_lr_ratio)))
     hooks = hooks or StepHooks()
     losses: list[float] = []
     start = time.perf_counter()
     bar = tqdm(total=total, desc=desc, disable=not progress, unit="step", leave=False)
     while len(losses) < total:
         for x, y in iterate_batches(dataset, config.batch_size, shuffle=True, generator=generator,
-                                    device=device, drop_last=True):
+                                    device=device, drop_last=True, replacement=replacement):
+            for group in optimiser.param_groups:
+                group["weight_decay"] = config.weight_decay if len(losses) >= weight_decay_from else 0.0
             if config.augment:
                 x = random_crop_flip(x, generator)
             x = to_channels_last(x)

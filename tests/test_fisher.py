@@ -8,7 +8,7 @@ from curvlinops import EFLinearOperator
 
 from ngfkit.curvature.fisher import (KFACState, diagonal_fisher, eigenbasis_scales, kfac_factors,
                            softmax_output_gradients, with_bias_column)
-from ngfkit.defences.head import layer_matrix
+from ngfkit.defences.classifier_only import layer_matrix
 from ngfkit.defences.natural_gradient import FisherRegulariser, NaturalGradient, layer_statistics
 
 from defence_helpers import LINEAR_IN as D_IN, LINEAR_OUT as D_OUT, LINEAR_SAMPLES as N

@@ -10,7 +10,7 @@ from ngfkit.curvature.fisher import eigenbasis_scales, softmax_output_gradients,
 from ngfkit.studies.fisher_check import (compare_fisher, curvlinops_reference, damped_solve, ekfac_scales,
                                          exact_fisher, fisher_example, kfac_pair, kronecker_state, output_fisher, rotate)
 from ngfkit.viz.fisher_check import direction_error_figure, fisher_heatmaps_figure
-from ngfkit.defences.head import layer_matrix
+from ngfkit.defences.classifier_only import layer_matrix
 
 from defence_helpers import LINEAR_IN as D, LINEAR_OUT as C, LINEAR_SAMPLES as N
 

@@ -7,8 +7,8 @@ import torch
 from ngfkit.defences import purify
 from ngfkit.defences.ngf import NGF, NGFConfig
 from ngfkit.errors import NgfkitError
-from ngfkit.defences.head import FeatureDataset, layer_matrix
-from ngfkit.defences.heads import fit_heads
+from ngfkit.defences.classifier_only import FeatureDataset, layer_matrix
+from ngfkit.defences.batched_heads import fit_heads
 
 
 def toy_features(views=3, n=40, d=6, c=4, seed=0):

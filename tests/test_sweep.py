@@ -10,7 +10,7 @@ from ngfkit.attacks import create_attack
 from ngfkit.defences import purify
 from ngfkit.metrics import predict
 from ngfkit.models import classifier_layer
-from ngfkit.defences.head import cache_features, head_predictions, layer_matrix
+from ngfkit.defences.classifier_only import cache_features, head_predictions, layer_matrix
 from ngfkit.pipeline import Splits
 from ngfkit.studies.sweep import check_etas, classifier_fisher, movement_by_fisher, regulariser_sweep, spearman
 from ngfkit.viz.sweep import sweep_figure, sweep_widget

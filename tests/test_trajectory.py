@@ -94,7 +94,7 @@ def test_fixed_subset_and_figure():
 
 def test_a_feature_cache_runs_the_body_once_and_only_for_identical_weights(setting):
     from ngfkit.defences import FeatureCache
-    from ngfkit.defences.head import cache_features
+    from ngfkit.defences.classifier_only import cache_features
 
     model, clean, _, _, _ = setting
     calls = []

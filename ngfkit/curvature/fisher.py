@@ -88,7 +88,7 @@ class KFACState:
     value); ``refresh_eigenbasis`` recomputes ``Q_a, Q_g`` and resets ``S`` to ``Λ_g Λ_aᵀ``;
     ``solve`` applies ``(Fisher + damping)⁻¹`` to a gradient. The hook-based optimiser
     (:class:`~ngfkit.defences.natural_gradient.NaturalGradient`) keeps one state per layer, the
-    batched heads of the fast path (:func:`~ngfkit.defences.heads.fit_heads`) one state for all.
+    batched heads of the fast path (:func:`~ngfkit.defences.batched_heads.fit_heads`) one state for all.
     """
 
     def __init__(self, damping: float = 1e-3, decay: float = 0.95, ekfac: bool = True):

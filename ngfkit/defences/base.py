@@ -43,7 +43,7 @@ class Defence:
     def run(self, model: nn.Module, clean_data: Dataset, *, device: torch.device, progress: bool,
             features: Any = None) -> tuple[nn.Module, dict]:
         """``(purified copy of model, history)``; ``features`` is a
-        :class:`~ngfkit.defences.head.FeatureCache` that classifier-only defences may read from."""
+        :class:`~ngfkit.defences.classifier_only.FeatureCache` that classifier-only defences may read from."""
         raise NotImplementedError
 
     #: whether the defence needs to know the model's classifier layer (classifier-only defences do)
@@ -79,7 +79,7 @@ def purify(model: nn.Module, clean_data: Dataset, method: str = "ngf", *, device
     ``clean_data`` any map-style dataset of ``(image, label)``; the classifier is found automatically
     (:func:`~ngfkit.models.find_classifier`) or named by ``layer``. The input model is left
     untouched. ``device="auto"`` uses CUDA when available. ``features``
-    (a :class:`~ngfkit.defences.head.FeatureCache`) shares the clean set's classifier inputs
+    (a :class:`~ngfkit.defences.classifier_only.FeatureCache`) shares the clean set's classifier inputs
     between several classifier-only defences run on one model.
 
     Returns ``(purified_model, history)``. Every history holds ``"method"``, ``"config"``,

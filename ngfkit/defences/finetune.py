@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from ..errors import NgfkitError
 from ..train import StepHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence
-from .head import HeadDefence, layer_matrix
+from .classifier_only import HeadDefence, layer_matrix
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The maths, written once and used both by the hook-based optimiser here (any layers, inside the
 shared training loop :func:`~ngfkit.train.train_model`) and by the batched heads of the fast path
-(:func:`~ngfkit.defences.heads.fit_heads`):
+(:func:`~ngfkit.defences.batched_heads.fit_heads`):
 
 - :class:`~ngfkit.curvature.fisher.KFACState` holds the running EKFAC estimate and solves with it;
 - :func:`kl_clip_scale` is the KL clip of one step;
@@ -24,7 +24,7 @@ from ..batches import iterate_batches
 from ..curvature.fisher import (KFACState, diagonal_fisher, eigenbasis_scales, fisher_labels, kfac_factors,
                                 softmax_output_gradients, symmetric_eigh, with_bias_column)
 from ..train import StepHooks
-from .head import layer_gradient, layer_matrix, set_layer_gradient, set_layer_matrix
+from .classifier_only import layer_gradient, layer_matrix, set_layer_gradient, set_layer_matrix
 
 
 def kl_clip_scale(inner: Tensor, lr: Tensor | float, kl_clip: float) -> Tensor:

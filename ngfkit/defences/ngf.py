@@ -18,8 +18,8 @@ from ..metrics import evaluate, predict
 from ..models import classifier_layer, find_classifier
 from ..train import CombinedHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence
-from .head import FeatureDataset, HeadDefence, head_predictions, layer_matrix, set_layer_matrix
-from .heads import fit_heads
+from .classifier_only import FeatureDataset, HeadDefence, head_predictions, layer_matrix, set_layer_matrix
+from .batched_heads import fit_heads
 from .natural_gradient import FisherRegulariser, NaturalGradient, layer_statistics
 from .selection import accuracy_drop, selection_record
 
@@ -55,6 +55,13 @@ class NGFConfig:
     folds: int = 5  # cross-fitting folds of the clean set for choosing lr
     eval_every: int = 25
     augment: int = 8  # randomly cropped + flipped views of each clean image, besides the image itself
+    # the reference code's training details (generic path only): lr x 0.1 at each milestone step instead
+    # of the cosine schedule, weight decay only from this step on, batches drawn with replacement, and a
+    # freshly initialised classifier (its second script)
+    lr_milestones: tuple[int, ...] = ()
+    weight_decay_from: int = 0
+    sample_with_replacement: bool = False
+    reinit_head: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -74,6 +81,16 @@ class NGFConfig:
         self.lr_grid = tuple(sorted(float(v) for v in self.lr_grid))
         if self.layers is not None:
             self.layers = tuple(self.layers)
+        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+
+    def reference_details(self) -> bool:
+        """Whether a training detail of the reference code is on (these run on the generic path only)."""
+        return bool(self.lr_milestones or self.weight_decay_from or self.sample_with_replacement or self.reinit_head)
+
+
+def milestone_factor(milestones: tuple[int, ...]):
+    """The learning-rate multiplier of a step schedule: x 0.1 at each milestone step."""
+    return lambda step: 0.1 ** sum(step >= m for m in milestones)
 
 
 @DEFENCES.register("ngf")
@@ -103,7 +120,8 @@ class NGF(HeadDefence):
 
     def on_cached_features(self, model: nn.Module) -> bool:
         """Whether the batched heads on cached features apply: only a biased classifier is trained."""
-        return self.head_only(model) and classifier_layer(model, self.layer_names(model)[0]).bias is not None
+        return (self.head_only(model) and not self.config.reference_details()
+                and classifier_layer(model, self.layer_names(model)[0]).bias is not None)
 
     def fit_heads(self, data: FeatureDataset, head: nn.Linear, values, *, on_step=None) -> list[torch.Tensor]:
         every = torch.arange(len(data.labels))
@@ -217,6 +235,14 @@ class NGF(HeadDefence):
 
         modules = dict(net.named_modules())
         layers = {name: modules[name] for name in layer_names}
+        if cfg.reinit_head:
+            generator = torch.Generator().manual_seed(cfg.seed)
+            head = find_classifier(net)[1]
+            with torch.no_grad():  # Xavier-uniform weights and a zero bias, as the reference's second script
+                bound = (6.0 / (head.in_features + head.out_features)) ** 0.5
+                head.weight.copy_(torch.rand(head.weight.shape, generator=generator) * 2 * bound - bound)
+                if head.bias is not None:
+                    head.bias.zero_()
         layer_params = [p for layer in layers.values() for p in layer.parameters()]
         params = list(net.parameters()) if cfg.body == "sgd" else layer_params
         natural = NaturalGradient(layers, damping=cfg.damping, kl_clip=cfg.kl_clip, decay=cfg.decay,
@@ -235,7 +261,9 @@ class NGF(HeadDefence):
             with frozen_except(net, params):
                 fit = train_model(net, data, train_cfg, seed=cfg.seed, device=device, progress=progress,
                                   desc=desc, params=params, train_mode=cfg.body == "sgd",
-                                  hooks=CombinedHooks(natural, regulariser), on_step=on_step)
+                                  hooks=CombinedHooks(natural, regulariser), on_step=on_step,
+                                  lr_factor=milestone_factor(cfg.lr_milestones) if cfg.lr_milestones else None,
+                                  weight_decay_from=cfg.weight_decay_from, replacement=cfg.sample_with_replacement)
         finally:
             natural.close()
         fit["val_curve"] = curve
@@ -287,3 +315,17 @@ _register_variant("ngf-noreg", "NGF without the Fisher regulariser (η = 0).", r
 _register_variant("ngf-sampled", "NGF with the sampled (true) Fisher: labels drawn from the model's "
                   "predictive distribution instead of the clean labels.", fisher="sampled")
 _register_variant("ngf-kfac", "NGF preconditioned with plain K-FAC instead of EKFAC.", ekfac=False)
+_register_variant(
+    "ngf-reference",
+    "The authors' public reference code, as its main script runs it: EKFAC natural gradient on the final "
+    "linear layer and plain SGD (momentum 0.9) on every other parameter, BatchNorm in train mode, empirical "
+    "Fisher, damping 1e-3, no regulariser, 500 steps of 128 images drawn with replacement (random crop + "
+    "flip), lr 1e-3 for steps 0-199 and 1e-4 after, weight decay 1e-4 from step 200 on.",
+    body="sgd", damping=1e-3, reg_strength=0.0, steps=500, batch_size=128, lr=1e-3, lr_milestones=(200,),
+    weight_decay_from=200, sample_with_replacement=True, augment=1, final_lr_ratio=1.0)
+_register_variant(
+    "ngf-reference-reinit",
+    "The reference code's second script: the classifier re-initialised (Xavier), the sampled (true) Fisher, "
+    "a constant lr 0.01, every parameter trained (natural gradient on the classifier, SGD elsewhere).",
+    body="sgd", damping=1e-3, reg_strength=0.0, steps=500, batch_size=128, lr=1e-2, fisher="sampled",
+    reinit_head=True, sample_with_replacement=True, weight_decay_from=200, augment=1, final_lr_ratio=1.0)

@@ -34,7 +34,7 @@ from ..errors import NgfkitError
 from ..metrics import predict
 from ..utils import resolve_device
 from .base import DEFENCES, named_classifier
-from .head import FeatureCache
+from .classifier_only import FeatureCache
 
 
 def accuracy_drop(labels: Tensor, before: Tensor, after: Tensor) -> dict[str, float]:

@@ -38,7 +38,7 @@ from ..errors import NgfkitError
 from ..curvature.fisher import KFACState, with_bias_column
 from ..metrics import predict
 from ..models import classifier_layer
-from ..defences.head import layer_matrix
+from ..defences.classifier_only import layer_matrix
 
 FISHER_KINDS = ("empirical", "true")
 

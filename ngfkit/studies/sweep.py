@@ -34,7 +34,7 @@ from ..errors import NgfkitError
 from ..curvature.fisher import diagonal_fisher, eigenbasis_scales, kfac_factors, symmetric_eigh, with_bias_column
 from ..metrics import evaluate, evaluate_layer, predict
 from ..models import classifier_layer
-from ..defences.head import cache_features, head_predictions, layer_matrix, set_layer_matrix
+from ..defences.classifier_only import cache_features, head_predictions, layer_matrix, set_layer_matrix
 from ..defences.natural_gradient import head_statistics
 
 

@@ -32,7 +32,7 @@ from ..defences.finetune import StepsDefence
 from ..errors import NgfkitError
 from ..metrics import evaluate, evaluate_layer
 from ..models import classifier_layer
-from ..defences.head import layer_matrix, set_layer_matrix
+from ..defences.classifier_only import layer_matrix, set_layer_matrix
 
 
 def fixed_subset(dataset: Dataset, samples: int | None, seed: int = 0) -> Dataset:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..curvature.fisher import KFACState, eigenbasis_scales, with_bias_column
 from ..train import cosine_factor
-from .head import head_predictions
+from .classifier_only import head_predictions
 from .natural_gradient import head_statistics, kl_clip_scale, proximal_pull
 
 
