@@ -1,15 +1,21 @@
 """A tiny name -> factory registry, used for datasets, models, attacks and defences.
 
 Users add their own entries with the ``register`` decorator; lookups of unknown names raise
-an :class:`~ngfkit.errors.NgfkitError` that lists the known names.
+an :class:`~ngfkit.errors.NgfkitError` that lists the known names. :meth:`Registry.parse_names`
+reads the name lists that options such as ``--attacks all`` or ``--defences ngf,ft`` take.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, Iterator, TypeVar
+from typing import Callable, Dict, Generic, Iterator, Sequence, TypeVar
 
 from .errors import NgfkitError
 
 T = TypeVar("T")
+
+
+def comma_separated(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: the items of a comma-separated list, stripped, empty ones dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 class Registry(Generic[T]):
@@ -44,6 +50,29 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def parse_names(self, spec: str | Sequence[str], *, default: Sequence[str] | None = None,
+                    option: str | None = None) -> list[str]:
+        """The registered names ``spec`` asks for, in its order.
+
+        ``spec`` is ``"all"``, a comma-separated string (``" badnets, blend "``) or a sequence of
+        names. ``"all"`` stands for the registered names of ``default``, in its order, each once
+        (names in ``default`` that are not registered are left out), or for every registered name,
+        sorted, when there is no ``default``. ``option`` (e.g. ``"--attacks"``) names the option
+        the list came from in the error. An unknown name or an empty list raises one
+        :class:`~ngfkit.errors.NgfkitError` that lists the known names.
+        """
+        names = comma_separated(spec) if isinstance(spec, str) else [n.strip() for n in spec if n.strip()]
+        if names == ["all"]:
+            return list(dict.fromkeys(n for n in (self.names() if default is None else default) if n in self))
+        where = f" in {option}" if option else ""
+        known = ", ".join(self.names())
+        if not names:
+            raise NgfkitError(f"no {self.kind} given{where}; pass 'all' or comma-separated names from: {known}")
+        unknown = [n for n in names if n not in self]
+        if unknown:
+            raise NgfkitError(f"unknown {self.kind} {unknown[0]!r}{where}; choose 'all' or from: {known}")
+        return names
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

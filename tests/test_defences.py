@@ -190,7 +190,7 @@ def test_defence_scatter_has_one_marker_per_defence():
 
 
 def test_bench_defences_cli_rejects_bad_input_in_one_line(capsys, tmp_path):
-    for argv, needle in ((["--defenses", "nope"], "unknown defense 'nope'"),
+    for argv, needle in ((["--defenses", "nope"], "unknown defence 'nope'"),
                          (["--defense-param", "ftsteps=3"], "NAME.KEY=VALUE"),
                          (["--defense-param", "ft.bogus=3"], "has no option 'bogus'"),
                          (["--settings", "best"], "unknown setting 'best'")):

@@ -28,20 +28,6 @@ PAPER_ATTACKS = paper_attacks()
 ACC_DROP_GOAL = 2.0
 
 
-def parse_names(value: str | Sequence[str], registry_names: Sequence[str], what: str,
-                all_names: Sequence[str] | None = None) -> list[str]:
-    """``"all"`` or a comma-separated list of registered names -> a list, with one clear error."""
-    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
-    names = [n for n in names if n]
-    if names == ["all"]:
-        return [n for n in (all_names or registry_names) if n in registry_names]
-    unknown = [n for n in names if n not in registry_names]
-    if unknown or not names:
-        raise NgfkitError(f"unknown {what} {unknown[0]!r} in --{what}s; choose 'all' or from: "
-                          f"{', '.join(registry_names)}" if unknown else f"--{what}s is empty; give 'all' or names")
-    return names
-
-
 def _row(exp: Experiment, trained, clean_acc: float) -> dict[str, Any]:
     meta, metrics = trained.meta, trained.meta["metrics"]
     goal = ATTACKS.get(exp.attack).asr_goal
@@ -65,7 +51,7 @@ def bench_attacks(dataset: str = "fashion-mnist", arch: str | None = None, attac
     "poison_rate", "seconds", "seed", ...}]}`` with percentages; ``seconds`` is the attack's own
     cost (learning its trigger plus training the victim) as measured when it was first run.
     """
-    names = parse_names(attacks, ATTACKS.names(), "attack", PAPER_ATTACKS)
+    names = ATTACKS.parse_names(attacks, default=PAPER_ATTACKS, option="--attacks")
     train = train or TrainConfig()
     start = time.perf_counter()
     base = Experiment(dataset=dataset, arch=arch, attack=None, clean_fraction=clean_fraction, seed=seed, train=train)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attacks import ATTACKS
-from .attacks import PAPER_ATTACKS, load_previous_report, parse_names, read_reports
+from .attacks import PAPER_ATTACKS, load_previous_report, read_reports
 from ..defences import DEFENCES, purify
 from ..defences.selection import select_and_purify
 from ..errors import NgfkitError
@@ -53,8 +53,8 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
     "ra"}], "summary": [...]}`` with percentages. ``seconds`` is the defender's whole cost:
     for ``selected`` it includes trying every strength value.
     """
-    attack_names = parse_names(attacks, ATTACKS.names(), "attack", PAPER_ATTACKS)
-    defence_names = parse_names(defenses, DEFENCES.names(), "defense", PAPER_DEFENCES)
+    attack_names = ATTACKS.parse_names(attacks, default=PAPER_ATTACKS, option="--attacks")
+    defence_names = DEFENCES.parse_names(defenses, default=PAPER_DEFENCES, option="--defences")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise NgfkitError("--seeds must be at least 1")

@@ -39,16 +39,7 @@ def attack_names(attacks: str | Sequence[str] = "all") -> list[str]:
     """``"all"`` (every registered attack, by family: :func:`~ngfkit.attacks.listing_order`), a
     comma-separated string or a list of names; unknown names raise :class:`NgfkitError` listing the
     registered ones."""
-    if isinstance(attacks, str):
-        if attacks.strip() == "all":
-            return listing_order(ATTACKS.names())
-        attacks = [a.strip() for a in attacks.split(",") if a.strip()]
-    names = list(attacks)
-    if not names:
-        raise NgfkitError("no attack given; pass 'all' or attack names such as 'badnets,blend'")
-    for name in names:
-        ATTACKS.get(name)
-    return names
+    return ATTACKS.parse_names(attacks, default=listing_order(ATTACKS.names()))
 
 
 def budget_params(name: str, trigger_budget: str = "full") -> dict[str, Any]:
