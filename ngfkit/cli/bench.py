@@ -1,0 +1,174 @@
+"""The ``bench`` commands: ``attacks``, ``defences``, ``sharpness`` and ``merge``.
+
+Each is a pair, as in :mod:`ngfkit.cli.commands`: ``<name>_options(parser)`` and
+``cmd_<name>(args)``, which runs the benchmark of :mod:`ngfkit.bench`, prints its tables and
+returns its report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import NgfkitError
+from ..registry import comma_separated
+from . import options
+from .output import check_output
+
+_ATTACKS_HELP = "'all' (the paper's 15) or comma-separated attack names (default: all)"
+
+
+def _refuse_seed(args: argparse.Namespace, command: str, alternative: str = "") -> None:
+    """``--seed`` comes with the common options, but these benchmarks run a set of seeds."""
+    if args.seed != 0:
+        raise NgfkitError(f"bench {command} does not take --seed: it runs seeds 0..N-1 with --seeds N{alternative}")
+
+
+def attacks_options(parser: argparse.ArgumentParser) -> None:
+    options.model_options(parser)
+    parser.add_argument("--attacks", default="all", help=_ATTACKS_HELP)
+    options.training_options(parser, whose="every model")
+    options.common_options(parser)
+
+
+def cmd_attacks(args: argparse.Namespace) -> dict:
+    from ..bench.attacks import attack_table, bench_attacks
+    from ..utils import resolve_device
+
+    report = bench_attacks(args.dataset, args.arch, args.attacks, seed=args.seed, train=options.train_config(args),
+                           clean_fraction=args.clean_fraction, device=resolve_device(args.device),
+                           progress=not args.quiet, json_path=args.json, data_root=args.data_root,
+                           download=args.download)
+    print(attack_table(report))
+    return report
+
+
+def defences_options(parser: argparse.ArgumentParser) -> None:
+    options.model_options(parser)
+    parser.add_argument("--attacks", default="all", help=_ATTACKS_HELP)
+    parser.add_argument(*options.both_spellings("--defences"), dest="defences", default="all",
+                        help="'all' (NGF, the baselines, the NGF ablations) or comma-separated defence names "
+                        "(default: all)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (one backdoored model each; default 1)")
+    parser.add_argument("--acc-budget", type=float, default=3.0,
+                        help="most held-out clean-accuracy points a defence's chosen strength may cost (default 3)")
+    parser.add_argument("--holdout", type=float, default=0.2,
+                        help="share of the clean set held out to choose each defence's strength (default 0.2)")
+    parser.add_argument("--settings", default="selected,authors",
+                        help="selected (strength chosen by the clean-data rule), authors (defaults), or both "
+                        "(default: selected,authors)")
+    parser.add_argument(*options.both_spellings("--defence-param"), dest="defence_param", action="append",
+                        default=[], metavar="NAME.KEY=VALUE",
+                        help="an option of one defence, e.g. anp.iterations=2000 (repeatable); "
+                        "a list for its strength knob is the grid to choose from, e.g. ft.steps=[50,100]")
+    options.training_options(parser, whose="the backdoored models")
+    parser.add_argument("--figure", metavar="PATH", default=None,
+                        help="also write the ASR vs ACC-drop scatter as a self-contained HTML file")
+    options.common_options(parser)
+
+
+def _show_defence_report(report: dict, settings: Sequence[str], figure: str | None) -> None:
+    """Print a bench defences report's tables, one per setting, and write its scatter if asked."""
+    from ..bench.defences import defence_table
+
+    for setting in settings:
+        print(defence_table(report, setting))
+        print()
+    if figure:
+        from ..viz.plots import defence_scatter, write_html
+
+        write_html(defence_scatter(report), figure)
+        print(f"wrote {figure}")
+
+
+def cmd_defences(args: argparse.Namespace) -> dict:
+    from ..bench.defences import bench_defences
+    from ..utils import resolve_device
+
+    _refuse_seed(args, "defences")
+    check_output(args.figure, ".html")
+    settings = comma_separated(args.settings)
+    report = bench_defences(args.dataset, args.arch, args.attacks, args.defences, seeds=args.seeds,
+                            acc_budget=args.acc_budget, holdout=args.holdout, settings=settings,
+                            train=options.train_config(args), clean_fraction=args.clean_fraction,
+                            device=resolve_device(args.device), progress=not args.quiet, json_path=args.json,
+                            data_root=args.data_root, download=args.download,
+                            defence_options=options.named_key_values(args.defence_param))
+    _show_defence_report(report, settings, args.figure)
+    return report
+
+
+def sharpness_options(parser: argparse.ArgumentParser) -> None:
+    options.model_options(parser)
+    parser.add_argument("--kinds", default="clean,badnets", help="'clean' and/or attack names (default clean,badnets)")
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", default="3,10,30", help="training lengths, comma-separated (default 3,10,30)")
+    group.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    group.add_argument("--seed-list", default=None, metavar="S,S,...",
+                       help="run these seeds instead of 0..N-1 (one job of a job array, say; "
+                       "join the jobs' reports with `ngfkit bench merge`)")
+    group.add_argument("--train-lr", type=float, default=0.1, help="training learning rate (default 0.1, the paper's)")
+    options.clean_fraction_option(group)
+    measurement = parser.add_argument_group("measurement")
+    measurement.add_argument("--samples", type=int, default=200, help="clean images per measurement (default 200)")
+    measurement.add_argument("--probes", type=int, default=30, help="Hutch++ probes for the trace (default 30)")
+    measurement.add_argument("--no-purify", action="store_true", help="skip the measurement after NGF")
+    options.common_options(parser)
+
+
+def cmd_sharpness(args: argparse.Namespace) -> dict:
+    from ..bench.sharpness import bench_sharpness, sharpness_table
+    from ..utils import resolve_device
+
+    _refuse_seed(args, "sharpness", " or the seeds of --seed-list S,...")
+    epochs = options.int_list(args.epochs, "--epochs")
+    seeds = options.int_list(args.seed_list, "--seed-list") if args.seed_list else args.seeds
+    report = bench_sharpness(args.dataset, args.arch, comma_separated(args.kinds),
+                             epochs=epochs, seeds=seeds, train_lr=args.train_lr, samples=args.samples,
+                             probes=args.probes, purify_with=None if args.no_purify else "ngf",
+                             clean_fraction=args.clean_fraction, device=resolve_device(args.device),
+                             progress=not args.quiet, json_path=args.json, data_root=args.data_root,
+                             download=args.download)
+    print(sharpness_table(report))
+    return report
+
+
+def merge_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("reports", nargs="+", help="bench defences JSON files, or bench sharpness JSON files")
+    parser.add_argument("--figure", metavar="PATH", default=None,
+                        help="also write a figure as HTML: the ASR vs ACC-drop scatter (defences) or "
+                        "λmax and trace against training length (sharpness)")
+    options.output_options(parser, json_help="write the merged report here",
+                           quiet_help="do not print the table of merged sharpness reports")
+
+
+def _is_sharpness_report(path: str) -> bool:
+    """Whether ``path`` looks like a ``bench sharpness`` report (rows) rather than a defences one;
+    unreadable files are left to the merge, which names the problem."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "rows" in report and "cells" not in report
+
+
+def cmd_merge(args: argparse.Namespace) -> dict:
+    check_output(args.figure, ".html")
+    if _is_sharpness_report(args.reports[0]):
+        from ..bench.sharpness import merge_reports, sharpness_table
+        from ..viz.plots import sharpness_vs_training_figure, write_html
+
+        report = merge_reports(args.reports)
+        if not args.quiet:
+            print(sharpness_table(report))
+        if args.figure:
+            write_html(sharpness_vs_training_figure(report), args.figure)
+            print(f"wrote {args.figure}")
+        return report
+    from ..bench.defences import SETTINGS, merge_reports
+
+    report = merge_reports(args.reports)
+    _show_defence_report(report, [s for s in SETTINGS if any(c["setting"] == s for c in report["cells"])],
+                         args.figure)
+    return report
