@@ -149,8 +149,8 @@ def test_bench_defences_reports_every_cell_resumes_and_reruns_a_lost_cell_identi
         assert {"attack", "defense", "seed", "acc", "asr", "ra", "der", "seconds", "peak_mb"} <= set(cell)
         assert cell["seconds"] > 0 and 0 <= cell["asr"] <= 100
         assert cell["acc_drop"] == pytest.approx(before["acc"] - cell["acc"])
-    assert [t["value"] for t in cells[("fp", "selected")]["choice"]["tried"]] == [0.2, 0.6]
-    assert cells[("ngf", "selected")]["choice"]["knob"] == "lr"
+    assert [t["value"] for t in cells[("fp", "selected")]["choice"]["selection"]["tried"]] == [0.2, 0.6]
+    assert cells[("ngf", "selected")]["choice"]["selection"]["knob"] == "lr"
     assert {r["defense"] for r in report["summary"]} == {"ngf", "ft-last", "fp"}
     assert "plotly" in figure.read_text()[:5000].lower()
 
