@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { echo; echo "== $1 (at $(( $(date +%s) - start )) s)"; }
 
+step "GitHub workflow files against their schema (1 s)"
+check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
 step "unit tests"
 python -m pytest -q -n 2
 if [ "${1:-all}" = "unit" ]; then exit 0; fi
