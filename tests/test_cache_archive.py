@@ -34,13 +34,17 @@ def cache(tmp_path) -> Path:
     return root
 
 
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output (and capsys) free of access lines
+        pass
+
+
 @pytest.fixture
 def server(tmp_path):
     """A file server on 127.0.0.1 for tmp_path/www, stopped after the test (daemon thread, 10 s timeout)."""
     www = tmp_path / "www"
     www.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *args: None
+    handler = functools.partial(QuietHandler, directory=str(www))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.timeout = 10
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
