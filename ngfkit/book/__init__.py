@@ -9,6 +9,7 @@ and without a local ``plotly.min.js`` it would need the network.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,8 +17,19 @@ from pathlib import Path
 import torch
 
 from ..utils import resolve_device
+from ..version import __version__
 
 RENDERER = "ngfkit_book"
+REPOSITORY = "https://github.com/ngfkit/ngfkit"
+#: the git tag of this release: the published book is built from it, and every chapter's Colab
+#: cell installs it and fetches the files the chapter reads from it
+RELEASE_TAG = f"v{__version__}"
+#: replaces :func:`assets_url` (a fork, or the local mirror of the offline Colab simulation)
+ASSETS_ENV = "NGFKIT_ASSETS_URL"
+#: the readers' cache archive of this release, ``"URL SHA256"`` (``ngfkit cache pack``, uploaded
+#: as a release asset); empty until one is published. ``$NGFKIT_CACHE_ARCHIVE`` replaces it.
+CACHE_ARCHIVE = ""
+CACHE_ARCHIVE_ENV = "NGFKIT_CACHE_ARCHIVE"
 
 
 def in_colab() -> bool:
@@ -39,19 +51,87 @@ def _register_renderer() -> None:
 
 
 def setup_notebook(device: str | torch.device = "auto") -> torch.device:
-    """Configure plotly for Jupyter, Colab and the built book; return the resolved device.
+    """Configure a chapter's session; return the resolved device (``"auto"``: CUDA when available).
 
-    Colab draws plotly with its own renderer (it loads plotly.js itself); everywhere else a
-    figure carries both plotly's mime type and a library-free HTML div.
+    * plotly: Colab draws with its own renderer (it loads plotly.js itself); everywhere else a
+      figure carries both plotly's mime type and a library-free HTML div;
+    * data: a dataset missing from every local folder is downloaded, with a printed notice
+      (a reader in a notebook has no ``--download`` to pass; the CLI still asks for it);
+    * in Colab, the readers' cache of trained models and learned triggers is pulled once
+      (:data:`CACHE_ARCHIVE`, sha256-checked), so a chapter does not retrain them each session.
     """
     import plotly.io as pio
 
+    from ..data.locations import download_by_default
+
+    download_by_default(True)
     if in_colab():
         pio.renderers.default = "colab"
+        pull_reader_cache()
     else:
         _register_renderer()
         pio.renderers.default = f"plotly_mimetype+{RENDERER}"
     return resolve_device(device)
+
+
+def assets_url() -> str:
+    """Where the repository's files at :data:`RELEASE_TAG` are downloaded from."""
+    return os.environ.get(ASSETS_ENV) or f"https://raw.githubusercontent.com/ngfkit/ngfkit/{RELEASE_TAG}"
+
+
+def install_command() -> str:
+    """The pip command of every chapter's Colab cell: this release, with the notebooks extra."""
+    return f'pip -q install "ngfkit[notebooks] @ git+{REPOSITORY}@{RELEASE_TAG}"'
+
+
+def _download(url: str, target: Path) -> Path:
+    import urllib.error
+    import urllib.request
+
+    from ..errors import NgfkitError
+    from ..utils import atomic_path
+
+    print(f"ngfkit: downloading {url}", flush=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(target) as tmp:
+            tmp.write_bytes(response.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise NgfkitError(f"downloading {url} failed ({type(exc).__name__}: {getattr(exc, 'reason', exc)}); "
+                          f"check the network connection, or copy the file to {target} yourself") from None
+    return target
+
+
+def fetch_assets(*paths: str) -> list[Path]:
+    """The chapter's own files (paths relative to ``book/``, e.g. ``"jobs/purify_job.ipynb"``):
+    each one missing from the working directory is downloaded there from :data:`RELEASE_TAG`
+    (Colab opens a chapter without the repository around it)."""
+    found = []
+    for path in paths:
+        target = Path(path)
+        found.append(target if target.is_file() else _download(f"{assets_url()}/book/{path}", target))
+    return found
+
+
+def pull_reader_cache() -> list[Path]:
+    """Pull :data:`CACHE_ARCHIVE` (or ``$NGFKIT_CACHE_ARCHIVE``: ``"URL SHA256"``) into the ngfkit
+    cache, once per cache (a marker file remembers it); nothing when none is configured."""
+    from ..errors import NgfkitError
+    from ..utils import cache_dir
+
+    spec = os.environ.get(CACHE_ARCHIVE_ENV, CACHE_ARCHIVE).split()
+    if not spec:
+        return []
+    if len(spec) != 2:
+        raise NgfkitError(f"${CACHE_ARCHIVE_ENV} must be 'URL SHA256' (two words), not {' '.join(spec)!r}")
+    from ..cache_archive import pull
+
+    url, sha256 = spec
+    marker = cache_dir() / f".pulled-{sha256.lower()[:16]}"
+    if marker.is_file():
+        return []
+    paths = pull(url, sha256, progress=True)
+    marker.write_text(url + "\n")
+    return paths
 
 
 class _MimeBundle:
@@ -91,13 +171,10 @@ def glue_figure(name: str, fig, display: bool = True) -> None:
     glue(name, _MimeBundle(figure_bundle(fig)), display=display)
 
 
-REPOSITORY_RAW = "https://raw.githubusercontent.com/ngfkit/ngfkit/main"
-
-
 def results_file(name: str, results_dir: str | Path | None = None) -> Path:
     """A report shipped in the repository's ``results/``: from ``results_dir`` when given, else
     next to the working directory or the package checkout; in Colab (installed without the
-    repository) it is downloaded from GitHub into ``./results``."""
+    repository) it is downloaded from :data:`RELEASE_TAG` into ``./results``."""
     from ..errors import NgfkitError
 
     candidates = [Path(results_dir) / name] if results_dir else []
@@ -107,12 +184,7 @@ def results_file(name: str, results_dir: str | Path | None = None) -> Path:
         if path.is_file():
             return path
     if in_colab():
-        import urllib.request
-
-        target = Path("results") / name
-        target.parent.mkdir(exist_ok=True)
-        urllib.request.urlretrieve(f"{REPOSITORY_RAW}/results/{name}", target)
-        return target
+        return _download(f"{assets_url()}/results/{name}", Path("results") / name)
     raise NgfkitError(f"report {name!r} not found in {', '.join(str(p.parent) for p in candidates)}; "
                       f"run from a clone of the repository or pass results_dir")
 

@@ -7,6 +7,7 @@ idx files (torchvision's FashionMNIST/raw/ layout too); downloaded by torchvisio
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -77,10 +78,31 @@ def locator(split: str) -> Callable[[Path], Path | None]:
     return locate
 
 
-def fetch(target: Path) -> None:
-    from torchvision.datasets import FashionMNIST
+#: a mirror of the four .gz files (a URL ending in /) used instead of torchvision's, e.g. a local one
+MIRROR_ENV = "NGFKIT_FASHION_MNIST_MIRROR"
 
-    FashionMNIST(str(target), train=True, download=True)
+
+def fetch(target: Path) -> None:
+    """Download the four files into ``target/FashionMNIST/raw`` (torchvision's layout): from
+    ``$NGFKIT_FASHION_MNIST_MIRROR`` when set, else with torchvision (md5-checked)."""
+    mirror = os.environ.get(MIRROR_ENV)
+    if not mirror:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(target), train=True, download=True)
+        return
+    import urllib.request
+
+    from ..utils import atomic_path
+
+    # torchvision's md5s are of the upstream gzip bytes, which a re-compressed copy (Debian's) does
+    # not share; read_idx's magic-number and size checks guard what is read instead
+    raw = target / "FashionMNIST" / "raw"
+    for stem in (stem for pair in _FASHION_FILES.values() for stem in pair):
+        url = f"{mirror.rstrip('/')}/{stem}.gz"
+        print(f"ngfkit: downloading {url} (the Fashion-MNIST mirror in ${MIRROR_ENV})", flush=True)
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(raw / f"{stem}.gz") as tmp:
+            tmp.write_bytes(response.read())
 
 
 @register_dataset(FASHION_MNIST, system_dirs=(DEBIAN_DIR,))
@@ -92,8 +114,8 @@ def load(root: Path | None, split: str, download: bool) -> ImageTensorDataset:
         root,
         download,
         locator(split),
-        "install Debian's package (apt-get install dataset-fashion-mnist), pass --data-root DIR, "
-        "or allow a download with --download",
+        "install Debian's package (apt-get install dataset-fashion-mnist), pass data_root=DIR "
+        "(CLI: --data-root DIR), or allow a download with download=True (CLI: --download)",
         fetch,
     )
     image_stem, label_stem = _FASHION_FILES[split]

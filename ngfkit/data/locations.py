@@ -15,6 +15,20 @@ from .files import first_line
 # Per-dataset folders installed by the system, filled in by ``register_dataset(..., system_dirs=...)``.
 # A module constant so that tests can redirect it (patch it here, where candidate_dirs reads it).
 SYSTEM_DATA_DIRS: dict[str, tuple[Path, ...]] = {}
+#: ``NGFKIT_SYSTEM_DATA=off`` hides the system folders (a fresh machine simulated on a Debian one)
+SYSTEM_DATA_ENV = "NGFKIT_SYSTEM_DATA"
+# Whether a dataset missing from every folder is downloaded when the caller did not ask for it:
+# off for the CLI and the API (they ask for --download / download=True), on in notebooks
+# (ngfkit.book.setup_notebook), where a reader has no flag to pass. A switch, not a constant.
+_downloads = {"by_default": False}
+
+
+def download_by_default(allowed: bool | None = None) -> bool:
+    """Turn downloads of missing datasets on or off for calls that pass ``download=False``
+    (``allowed``); returns the setting in force."""
+    if allowed is not None:
+        _downloads["by_default"] = bool(allowed)
+    return _downloads["by_default"]
 
 
 def download_dir(name: str) -> Path:
@@ -33,7 +47,8 @@ def candidate_dirs(name: str, root: Path | None) -> list[Path]:
         env = os.environ.get("NGFKIT_DATA")
         if env:
             bases += [Path(env).expanduser() / name, Path(env).expanduser()]
-        bases += list(SYSTEM_DATA_DIRS.get(name, ()))
+        if os.environ.get(SYSTEM_DATA_ENV, "").lower() not in ("off", "0", "no", "false"):
+            bases += list(SYSTEM_DATA_DIRS.get(name, ()))
         bases.append(download_dir(name))
     unique: list[Path] = []
     for d in bases:
@@ -58,8 +73,11 @@ def find_dataset_dir(
     for folder in looked:
         if folder.is_dir() and (found := locate(folder)) is not None:
             return found
-    if download and fetch is not None:
+    if (download or download_by_default()) and fetch is not None:
         target = root if root is not None else download_dir(name)
+        if not download:
+            print(f"ngfkit: {title} is not on this machine (looked in {', '.join(str(d) for d in looked)}); "
+                  f"downloading it into {target}, as notebooks do by default", flush=True)
         try:
             target.mkdir(parents=True, exist_ok=True)
             fetch(target)
@@ -68,7 +86,7 @@ def find_dataset_dir(
         except Exception as exc:  # network, disk and checksum failures all get the same advice
             raise NgfkitError(
                 f"downloading {title} into {target} failed ({type(exc).__name__}: {first_line(exc)}); "
-                "check the network connection, or fetch the files yourself and pass --data-root DIR"
+                "check the network connection, or fetch the files yourself and pass data_root=DIR (CLI: --data-root DIR)"
             ) from None
         found = locate(target)
         if found is not None:

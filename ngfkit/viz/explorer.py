@@ -328,6 +328,32 @@ def knob_values(attack: Attack) -> list[float]:
     return sorted(v for v in grid if knob.low <= v <= knob.high)
 
 
+def stack_widget(children: Sequence, selected_index: int):
+    """``ipywidgets.Stack`` (ipywidgets 8), or on ipywidgets 7 (Colab's 7.7) a VBox of the same
+    children, each in its own box, all but ``selected_index`` hidden; that fallback follows
+    ``selected_index`` in the kernel only (7.x has no Stack to link in the browser)."""
+    import ipywidgets as widgets
+    import traitlets
+
+    if hasattr(widgets, "Stack"):
+        return widgets.Stack(list(children), selected_index=selected_index)
+
+    class KernelStack(widgets.VBox):
+        selected_index = traitlets.Int(0)
+
+        @traitlets.observe("selected_index")
+        def _show(self, change):
+            for i, box in enumerate(self.children):
+                box.layout.display = None if i == change["new"] else "none"
+
+    # one box per child: the panels share one Layout, which must not be hidden for all of them
+    boxed = [widgets.Box([child], layout=widgets.Layout()) for child in children]
+    stack = KernelStack(boxed)
+    stack.selected_index = selected_index
+    stack._show({"new": selected_index})
+    return stack
+
+
 def attack_explorer(attacks: Mapping[str, Attack], images: Tensor, labels: Tensor, *,
                     train_labels: Tensor | None = None, initial: str | None = None, show: int = 3,
                     rates: Sequence[float] = RATES):
@@ -346,7 +372,6 @@ def attack_explorer(attacks: Mapping[str, Attack], images: Tensor, labels: Tenso
     import html
 
     import ipywidgets as widgets
-    from ipywidgets.widgets.widget_string import HTMLStyle
 
     if not attacks:
         raise NgfkitError("attack_explorer needs at least one attack")
@@ -356,7 +381,8 @@ def attack_explorer(attacks: Mapping[str, Attack], images: Tensor, labels: Tenso
     rates = sorted({float(r) for r in rates})
 
     def link(control, stack):
-        widgets.jslink((control, "index"), (stack, "selected_index"))  # in the browser, kernel or not
+        if isinstance(stack, getattr(widgets, "Stack", ())):
+            widgets.jslink((control, "index"), (stack, "selected_index"))  # in the browser, kernel or not
 
         def follow(change):  # keeps the kernel's copy in step when a kernel is attached
             stack.selected_index = change["new"]
@@ -368,11 +394,16 @@ def attack_explorer(attacks: Mapping[str, Attack], images: Tensor, labels: Tenso
 
     # one layout and one style for every HTML panel, and one panel per distinct text: the
     # embedded widget state stays small (each would otherwise be a model of its own)
-    html_layout, html_style, panels_by_text = widgets.Layout(), HTMLStyle(), {}
+    html_layout, panels_by_text = widgets.Layout(), {}
+    try:  # ipywidgets 8; 7.x gives each HTML its own default style
+        from ipywidgets.widgets.widget_string import HTMLStyle
+        style = {"style": HTMLStyle()}
+    except ImportError:
+        style = {}
 
     def panel(text: str):
         if text not in panels_by_text:
-            panels_by_text[text] = widgets.HTML(text, layout=html_layout, style=html_style)
+            panels_by_text[text] = widgets.HTML(text, layout=html_layout, **style)
         return panels_by_text[text]
 
     panels, boxes = {}, []
@@ -385,13 +416,13 @@ def attack_explorer(attacks: Mapping[str, Attack], images: Tensor, labels: Tenso
             labels_ = [f"{v:.3g}" for v in values]
             strength = widgets.SelectionSlider(options=labels_, index=start, description=knob.param,
                                                continuous_update=True, layout=widgets.Layout(width="420px"))
-            view_stack = widgets.Stack([panel(view_html(v)) for v in views], selected_index=start)
+            view_stack = stack_widget([panel(view_html(v)) for v in views], selected_index=start)
             link(strength, view_stack)
             head = widgets.VBox([strength, panel(f"<small>{html.escape(knob.meaning)}</small>")])
         else:
             strength = None
-            view_stack = widgets.Stack([panel(view_html(explorer_view(attacks, name, images, labels, show=show)))],
-                                       selected_index=0)
+            view_stack = stack_widget([panel(view_html(explorer_view(attacks, name, images, labels, show=show)))],
+                                      selected_index=0)
             head = panel(f"<i>no strength knob: {html.escape(knob.meaning)}</i>")
         count_panels = []
         for r in rates:
@@ -405,13 +436,13 @@ def attack_explorer(attacks: Mapping[str, Attack], images: Tensor, labels: Tenso
         rate_index = min(range(len(rates)), key=lambda i: abs(rates[i] - attack.poison_rate))
         rate = widgets.SelectionSlider(options=[f"{r:g}" for r in rates], index=rate_index, description="poison rate",
                                        continuous_update=True, layout=widgets.Layout(width="420px"))
-        count_stack = widgets.Stack(count_panels, selected_index=rate_index)
+        count_stack = stack_widget(count_panels, selected_index=rate_index)
         link(rate, count_stack)
         panels[name] = {"strength": strength, "views": view_stack, "rate": rate, "counts": count_stack}
         boxes.append(widgets.VBox([head, view_stack, rate, count_stack]))
     names = list(attacks)
     menu = widgets.Dropdown(options=names, index=names.index(initial), description="attack")
-    attack_stack = widgets.Stack(boxes, selected_index=names.index(initial))
+    attack_stack = stack_widget(boxes, selected_index=names.index(initial))
     link(menu, attack_stack)
     box = widgets.VBox([menu, attack_stack])
     box.menu, box.panels = menu, panels
