@@ -8,6 +8,7 @@ backdoored model may come from someone you should not trust.
 from __future__ import annotations
 
 import json
+import pickletools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from . import validation as check
 from .errors import NgfkitError
 from .utils import atomic_path, write_json
 
@@ -67,8 +69,54 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
 
 
 def _looks_like_pickle(path: Path) -> bool:
-    head = path.read_bytes()[:4]
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    """A torch zip archive, or bytes that parse as pickle opcodes up to STOP (any protocol, 0 too).
+    :mod:`pickletools` only decodes the opcodes; nothing is imported or called."""
+    raw = path.read_bytes()
+    if raw.startswith(b"PK\x03\x04"):
+        return True
+    try:
+        ops = [op.name for op, _, _ in pickletools.genops(raw)]
+    except Exception:  # any decoding failure: not a pickle
+        return False
+    return bool(ops) and ops[-1] == "STOP"
+
+
+#: what each key of a sidecar must hold when present (a sidecar comes with an untrusted model)
+_SIDECAR_TYPES = {"arch": str, "dataset": str, "attack": dict, "experiment": dict, "metrics": dict}
+#: the keys of a sidecar's ``attack`` entry (:meth:`ngfkit.attacks.Attack.state`) and their types
+_ATTACK_TYPES = {"name": str, "image_shape": list, "num_classes": int, "target": int, "poison_rate": (int, float),
+                 "mode": (str, type(None)), "seed": int, "params": dict}
+
+
+def check_sidecar(meta: Any, sidecar: Path) -> dict[str, Any]:
+    """``meta`` checked against the sidecar's schema (the keys ngfkit reads back, with their
+    types); anything else is one error naming the key and the fix."""
+    fix = f"delete {sidecar.name} and pass --arch and --dataset, or re-create the model with ngfkit"
+    if not isinstance(meta, dict):
+        raise NgfkitError(f"{sidecar} is not an ngfkit sidecar (a JSON object); {fix}")
+    for key, kind in _SIDECAR_TYPES.items():
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise NgfkitError(f"{sidecar}: {key!r} should be a {kind.__name__}, got {meta[key]!r:.60}; {fix}")
+    attack = meta.get("attack")
+    if attack is not None:
+        for key, kind in _ATTACK_TYPES.items():
+            value = attack.get(key)
+            if key not in attack or isinstance(value, bool) or not isinstance(value, kind):
+                raise NgfkitError(f"{sidecar}: the attack entry lacks a valid {key!r} (got {value!r:.60}); {fix}")
+        if len(attack["image_shape"]) != 3 or not all(isinstance(v, int) and v > 0 for v in attack["image_shape"]):
+            raise NgfkitError(f"{sidecar}: the attack's image_shape should be [C, H, W], got {attack['image_shape']}; "
+                              f"{fix}")
+    return meta
+
+
+def check_trigger(expected: dict[str, Tensor], given: dict[str, Tensor], source: str) -> None:
+    """The trigger tensors of a checkpoint have the shapes the attack builds (``expected``) and
+    finite values: a wrong one would fail deep inside the attack or poison every image."""
+    for key, tensor in expected.items():
+        if key in given and tuple(given[key].shape) != tuple(tensor.shape):
+            raise NgfkitError(f"{source}: trigger tensor {key!r} has shape {tuple(given[key].shape)}, but the attack "
+                              f"expects {tuple(tensor.shape)}; the file was not written by ngfkit for this attack")
+    check.finite_tensors({f"trigger.{k}": v for k, v in given.items()}, source, "re-create or re-download the model")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -88,10 +136,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if sidecar.is_file():
         try:
             meta = json.loads(sidecar.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise NgfkitError(f"{sidecar} is not valid JSON; delete it and pass --arch and --dataset") from None
-        if not isinstance(meta, dict):
-            raise NgfkitError(f"{sidecar} is not an ngfkit sidecar (a JSON object); delete it and pass --arch and --dataset")
+        meta = check_sidecar(meta, sidecar)
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith("trigger.")}
     trigger = {k.removeprefix("trigger."): v for k, v in tensors.items() if k.startswith("trigger.")}
     return Checkpoint(weights, trigger, meta)
@@ -113,4 +160,6 @@ def load_weights(model: nn.Module, weights: dict[str, Tensor], *, source: str, a
                     else "pass the --arch and --dataset the model was trained with")
             raise NgfkitError(f"{source}: tensor {key!r} has shape {tuple(weights[key].shape)}, but {arch!r} "
                               f"here expects {tuple(tensor.shape)}; {hint}")
+    # a NaN model scores C-ACC 10 %, ASR 100 % (argmax of NaN is class 0): refuse it, do not measure it
+    check.finite_tensors(weights, source, "the model is broken; re-create or re-download it")
     model.load_state_dict(weights)

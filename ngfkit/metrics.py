@@ -15,7 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from . import validation as check
 from .batches import iterate_batches
+from .errors import NgfkitError
 from .train import to_channels_last, use_channels_last
 
 
@@ -64,8 +66,10 @@ def predict(model: nn.Module, dataset: Dataset, *, attack=None, batch_size: int 
         handle = keep_inputs_of.register_forward_hook(lambda m, args, o: captured.append(args[0].detach().flatten(1)))
     try:
         for x, y in iterate_batches(dataset, batch_size, device=device):
+            logits = _first_logits(model, x) if not out["labels"] else model(to_channels_last(x))
+            check.labels(y, "the dataset's labels", logits.shape[1])
             out["labels"].append(y.cpu())
-            out["clean"].append(model(to_channels_last(x)).argmax(1).cpu())
+            out["clean"].append(logits.argmax(1).cpu())
             if attack is not None:
                 out["triggered"].append(model(to_channels_last(attack.apply(x))).argmax(1).cpu())
                 # images the attack does not target get their own label, so they drop out of ASR/RA
@@ -80,6 +84,21 @@ def predict(model: nn.Module, dataset: Dataset, *, attack=None, batch_size: int 
         if attack is not None:
             out["triggered_inputs"] = captured[1::step]
     return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def _first_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """Logits ``(B, classes)`` of the first batch, where a dataset that does not fit the model shows:
+    a wrong image shape is one error naming the shape rather than a convolution's traceback."""
+    check.image_batch(x, "the dataset's images")
+    try:
+        logits = model(to_channels_last(x))
+    except RuntimeError as error:
+        raise NgfkitError(f"the model cannot run on the dataset's images, shaped {tuple(x.shape[1:])} "
+                          f"({str(error).splitlines()[0][:120]}); give images shaped as the model was trained "
+                          f"on, (C, H, W) in [0, 1]") from None
+    if logits.dim() != 2:
+        raise NgfkitError(f"the model should return logits shaped (N, classes), got {tuple(logits.shape)}")
+    return logits
 
 
 def _metrics(p: dict[str, Tensor], with_attack: bool) -> dict[str, float]:

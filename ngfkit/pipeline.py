@@ -19,6 +19,7 @@ from torch import nn
 
 from .attacks import ATTACKS, Attack, TriggerContext, create_attack
 from .checkpoint import (
+    check_trigger,
     load_checkpoint,
     load_tensors,
     load_weights,
@@ -28,10 +29,14 @@ from .checkpoint import (
 from .data import DatasetInfo, dataset_info, defender_split, load_dataset
 from .defences import FeatureCache, purify
 from .errors import NgfkitError
+from . import validation as check
 from .metrics import defence_effectiveness_rating, evaluate, evaluate_layer, predict
 from .models import MODELS, Classifier, build_model, classifier_layer
 from .train import TrainConfig, train_model
 from .utils import cache_dir, resolve_device, seed_everything, versions, write_json
+
+#: the fix when a defence returns NaN or infinite weights (they would score as a real result)
+PURIFIED_NOT_FINITE = "nothing was saved; lower the defence's learning rate or strength and run it again"
 
 #: part of every cache key: bump it when a registered model or attack changes shape or meaning
 CACHE_VERSION = 1
@@ -69,8 +74,12 @@ class Experiment:
         attack_class = ATTACKS.get(self.attack) if self.attack is not None else None
         if self.poison_rate is None:  # a clean model keeps 0.1 in its key, as before this option existed
             self.poison_rate = attack_class.default_poison_rate if attack_class else 0.1
+        self.clean_fraction = check.fraction(self.clean_fraction, "clean_fraction (--clean-fraction)",
+                                             "it is the share of the training set held out, e.g. 0.01")
+        self.seed = check.whole(self.seed, "seed (--seed)")
         if self.attack is not None:
             self.mode = self.mode or attack_class.modes[0]
+            check.like_defaults(self.attack_params, attack_class.defaults, f"{self.attack} parameter")
             self.make_attack()  # bad attack parameters fail here, before any data is loaded
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,8 +156,22 @@ def model_from_checkpoint(path: str | Path, arch: str | None = None, dataset: st
     info = dataset_info(dataset)
     model = build_model(arch, info.num_classes, info.image_shape, info.mean, info.std)
     load_weights(model, ckpt.weights, source=str(path), arch=arch)
-    attack = Attack.from_state(meta["attack"], ckpt.trigger) if meta.get("attack") else None
+    attack = _attack_of(meta["attack"], ckpt.trigger, info, str(path)) if meta.get("attack") else None
     return model.eval(), attack, meta
+
+
+def _attack_of(state: dict[str, Any], trigger: dict[str, torch.Tensor], info: DatasetInfo, source: str) -> Attack:
+    """The attack a sidecar records (schema-checked by :func:`~ngfkit.checkpoint.check_sidecar`),
+    checked against the dataset and with the file's trigger tensors checked against its own."""
+    fix = "the sidecar does not belong to this model; re-create the model with ngfkit"
+    if tuple(state["image_shape"]) != tuple(info.image_shape) or state["num_classes"] != info.num_classes:
+        raise NgfkitError(f"{source}: the attack was built for images {tuple(state['image_shape'])} and "
+                          f"{state['num_classes']} classes, but {info.name} has {info.image_shape} and "
+                          f"{info.num_classes}; {fix}")
+    check.like_defaults(state["params"], ATTACKS.get(state["name"]).defaults, f"{source}: attack parameter")
+    built = Attack.from_state(state)
+    check_trigger(built.trigger, trigger, source)
+    return Attack.from_state(state, trigger)
 
 
 def load_or_train(exp: Experiment, splits: Splits | None = None, *, device: torch.device | str = "cpu",
@@ -239,6 +262,7 @@ def run_defence(model: nn.Module, attack: Attack | None, splits: Splits, defense
     before = before or evaluate(model, splits.test, attack, device=device)
     purified, history = purify(model, splits.clean, defense, device=device, progress=progress, features=features,
                                **options)
+    check.finite_model(purified, f"the model purified by {defense!r}", PURIFIED_NOT_FINITE)
     if test_predictions is not None and history["changed"] == "head":
         after = evaluate_layer(classifier_layer(purified), test_predictions)
     else:

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .batches import iterate_batches, num_batches, random_crop_flip
+from . import validation as check
 
 
 @dataclass
@@ -28,6 +29,17 @@ class TrainConfig:
     weight_decay: float = 5e-4
     batch_size: int = 128
     augment: bool = False  # random crop (pad 4) + horizontal flip, for 32x32 RGB presets
+
+    def __post_init__(self):
+        # the CLI's --epochs and --train-lr land here, so these names are the user's too
+        self.epochs = check.whole(self.epochs, "training epochs (--epochs)", least=1)
+        if self.steps is not None:
+            self.steps = check.whole(self.steps, "training steps", least=1)
+        self.lr = check.positive(self.lr, "training lr (--train-lr)")
+        self.final_lr_ratio = check.number(self.final_lr_ratio, "training final_lr_ratio", low=0.0)
+        self.momentum = check.number(self.momentum, "training momentum", low=0.0, high=1.0, high_open=True)
+        self.weight_decay = check.number(self.weight_decay, "training weight_decay", low=0.0)
+        self.batch_size = check.whole(self.batch_size, "training batch_size", least=1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +142,7 @@ def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, *, seed
     torch.manual_seed(seed)
     use_channels_last(model.to(device)).train(train_mode)
     params = list(model.parameters()) if params is None else params
+    # params may also be SGD parameter groups with their own "lr" (a body trained slower than its head)
     optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     steps_per_epoch = num_batches(dataset, config.batch_size, drop_last=True)

@@ -31,10 +31,15 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise NgfkitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # meta tensors hold no values; others are untested here
+        raise NgfkitError(f"device {name!r} cannot run ngfkit; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NgfkitError("--device cuda was asked for but CUDA is not available; use --device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise NgfkitError(f"--device {name} names GPU {device.index}, but there are {torch.cuda.device_count()}; "
+                          f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1} or auto")
     return device
 
 

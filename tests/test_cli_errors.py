@@ -110,21 +110,21 @@ def test_demo_with_an_empty_data_root(capsys, tmp_path: Path) -> None:
 
 def test_purify_missing_model(capsys, tmp_path: Path) -> None:
     line = run_error(capsys, ["purify", "--model", "missing.safetensors", "--out", "x.safetensors",
-                              "--json", "x.json"])
+                              "--json", "report.json"])
     assert "missing.safetensors" in line and "not found" in line
-    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x.json").exists()
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "report.json").exists()
 
 
 @pytest.mark.parametrize("command", ["purify", "evaluate"])
 def test_pickle_model(capsys, tmp_path: Path, command: str) -> None:
     torch.manual_seed(0)
     torch.save(build_model("smallcnn", 10, (1, 28, 28), (0.5,), (0.5,)).state_dict(), tmp_path / "model.pt")
-    argv = [command, "--model", "model.pt", "--arch", "smallcnn", "--dataset", "fashion-mnist", "--json", "x.json"]
+    argv = [command, "--model", "model.pt", "--arch", "smallcnn", "--dataset", "fashion-mnist", "--json", "report.json"]
     if command == "purify":
         argv += ["--out", "x.safetensors"]
     line = run_error(capsys, argv)
     assert "pickle" in line and "safetensors" in line
-    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x.json").exists()
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "report.json").exists()
 
 
 @pytest.mark.parametrize("command", ["evaluate", "purify"])
@@ -133,12 +133,12 @@ def test_corrupt_model(capsys, tmp_path: Path, command: str) -> None:
     raw = good.read_bytes()
     (tmp_path / "bad.safetensors").write_bytes(raw[: len(raw) // 3])
     (tmp_path / "bad.json").write_text((tmp_path / "good.json").read_text())
-    argv = [command, "--model", "bad.safetensors", "--json", "x.json"]
+    argv = [command, "--model", "bad.safetensors", "--json", "report.json"]
     if command == "purify":
         argv += ["--out", "x.safetensors"]
     line = run_error(capsys, argv)
     assert "bad.safetensors" in line and "corrupt" in line
-    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x.json").exists()
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "report.json").exists()
 
 
 def test_evaluate_model_for_another_arch(capsys, tmp_path: Path) -> None:

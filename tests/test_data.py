@@ -472,9 +472,9 @@ def test_get_batch_and_subset() -> None:
 
 
 def test_image_tensor_dataset_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(NgfkitError, match="uint8"):
         ImageTensorDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2), dataset_info("cifar10"))
-    with pytest.raises(ValueError):
+    with pytest.raises(NgfkitError, match=r"images must be shaped \(N, 3, 32, 32\)"):
         ImageTensorDataset(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.zeros(2), dataset_info("cifar10"))
 
 

@@ -131,15 +131,18 @@ def test_run_resume_failure_collect_and_commands(job: Path, tmp_path: Path, caps
     nbformat.write(nb, str(partial))
     assert grid.cell_status(partial) == "partial"
 
-    # fixed notebook: the CLI reruns the failed cell only, writes the JSON and prints the table
+    # fixed notebook: the finished cell was made by the old version (its hash differs), so it is stale
+    # and both cells run again (never old and new results in one table); the CLI writes the JSON and
+    # prints the table
     write_notebook(job, bad=-1)
     partial.unlink()
+    assert grid.cell_status(done, {"x": 1}, grid.notebook_digest(job)) == "stale"
     results = tmp_path / "results.json"
     assert main(["grid", str(job), "--param", "x=1,3", "--out", str(out), "--collect", str(results),
                  "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "1 ran, 1 already done, 0 failed" in printed and "| 1 | 3 | 6 | a:0.50 |" in printed
-    assert runs(tmp_path) == ["1", "3", "3", "3"]
+    assert "2 ran, 0 already done, 0 failed" in printed and "| 1 | 3 | 6 | a:0.50 |" in printed
+    assert runs(tmp_path) == ["1", "3", "3", "1", "3"]
     saved = json.loads(results.read_text())
     assert [(r["parameters"]["x"], r["values"]["double"], r["status"]) for r in saved] == [(1, 2, "done"),
                                                                                           (3, 6, "done")]

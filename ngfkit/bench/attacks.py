@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -93,40 +93,59 @@ def attack_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_reports(paths: Sequence[str | Path], settings_of, kind: str, key: str) -> list[dict]:
-    """The bench reports at ``paths``, checked to be ``kind`` reports (they hold ``key``) made with
-    the same settings (``settings_of(report)``), so that they can be merged into one."""
+def check_report(report: Any, path: str | Path, kind: str, rows: Mapping[str, Sequence[str]],
+                 fix: str = "move it away or pick another --json") -> dict:
+    """``report`` checked to be a bench ``kind`` report: a JSON object whose lists ``rows`` (key ->
+    the fields each entry needs) hold objects with those fields; else one error naming the first
+    problem. A report is read back to resume or merge, and may have been edited or truncated."""
+    if not isinstance(report, dict) or not all(key in report for key in rows):
+        holding = f" with {' and '.join(repr(k) for k in rows)}" if rows else ""
+        raise NgfkitError(f"{path} is not a bench {kind + ' ' if kind else ''}report (a JSON object{holding}); {fix}")
+    for key, fields in rows.items():
+        entries = report[key]
+        if not isinstance(entries, list):
+            raise NgfkitError(f"{path}: {key!r} should be a list, got {type(entries).__name__}; {fix}")
+        for i, entry in enumerate(entries):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise NgfkitError(f"{path}: {key}[{i}] lacks {missing[0]!r}; the report was edited or is not "
+                                  f"from this version of ngfkit: {fix}")
+    return report
+
+
+def _read_json(path: str | Path, fix: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise NgfkitError(f"cannot read bench report {path} ({error.__class__.__name__}); {fix}") from None
+
+
+def read_reports(paths: Sequence[str | Path], settings_of, kind: str, rows: Mapping[str, Sequence[str]]) -> list[dict]:
+    """The bench reports at ``paths``, checked to be ``kind`` reports (:func:`check_report` with
+    ``rows``) made with the same settings (``settings_of(report)``), so that they can be merged."""
     if not paths:
         raise NgfkitError("give at least one report to merge")
-    reports = []
-    for path in paths:
-        try:
-            reports.append(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            raise NgfkitError(f"cannot read bench report {path}: {error.__class__.__name__}") from None
-        if not isinstance(reports[-1], dict) or key not in reports[-1]:
-            raise NgfkitError(f"{path} is not a bench {kind} report (it has no {key!r})")
+    fix = "leave it out of the merge or check the path"
+    reports = [check_report(_read_json(path, fix), path, kind, rows, fix) for path in paths]
     settings = settings_of(reports[0])
     for path, report in zip(paths[1:], reports[1:]):
-        changed = [k for k in settings if report.get(k) != settings[k]]
+        changed = [k for k in settings if settings_of(report)[k] != settings[k]]
         if changed:
             raise NgfkitError(f"{path} was made with other settings than {paths[0]} ({', '.join(changed)}); "
                               f"only reports of one benchmark can be merged")
     return reports
 
 
-def load_previous_report(json_path: str | Path | None, settings: dict) -> dict | None:
-    """The report already at ``json_path`` (to resume from), checked to have been made with
-    ``settings``; ``None`` if there is none yet."""
+def load_previous_report(json_path: str | Path | None, settings: dict, kind: str = "",
+                         rows: Mapping[str, Sequence[str]] | None = None) -> dict | None:
+    """The report already at ``json_path`` (to resume from), checked to be a ``kind`` report
+    (:func:`check_report`) made with ``settings`` (every one of them: a resume with other options
+    would mix two benchmarks under one header); ``None`` if there is none yet."""
     if not json_path or not Path(json_path).is_file():
         return None
-    try:
-        previous = json.loads(Path(json_path).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise NgfkitError(f"{json_path} exists but is not a readable bench report; move it away or pick another "
-                          f"--json") from None
-    changed = [k for k in settings if previous.get(k) != settings[k]]
-    if changed:
+    previous = check_report(_read_json(json_path, "move it away or pick another --json"), json_path, kind, {})
+    changed = [k for k in settings if previous.get(k, {} if k == "defence_options" else None) != settings[k]]
+    if changed:  # checked before the rows: it says more about a report of another benchmark
         raise NgfkitError(f"{json_path} holds results made with other settings ({', '.join(changed)}); "
-                          f"pick another --json to start a new benchmark or delete it")
-    return previous
+                          f"resume with the same options, or pick another --json to start a new benchmark")
+    return check_report(previous, json_path, kind, rows or {})

@@ -10,6 +10,7 @@ atomically, so a killed run resumes from its finished cells. Two settings per de
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -26,7 +27,8 @@ from ..defences.selection import select_and_purify
 from ..errors import NgfkitError
 from ..metrics import defence_effectiveness_rating, evaluate, evaluate_layer, predict
 from ..models import classifier_layer
-from ..pipeline import Experiment, load_or_train, load_splits
+from ..pipeline import PURIFIED_NOT_FINITE, Experiment, load_or_train, load_splits
+from .. import validation as check
 from ..train import TrainConfig
 from ..utils import PeakMemory, versions, write_json
 
@@ -36,8 +38,18 @@ PAPER_DEFENCES = ("ngf", "ft", "ft-last", "ft-sam", "anp", "nad", "fp", "i-bau",
 SETTINGS = ("selected", "authors")
 
 
+#: what every cell and before-row of a report holds (checked when a report is resumed or merged)
+CELL_FIELDS = ("attack", "defense", "seed", "setting", "acc", "asr", "ra", "der", "acc_drop", "seconds")
+BEFORE_FIELDS = ("attack", "seed", "acc", "asr", "ra")
+ROWS = {"cells": CELL_FIELDS, "before": BEFORE_FIELDS}
+
+
 def _settings_of(report: dict) -> dict:
-    return {k: report.get(k) for k in ("dataset", "arch", "acc_budget", "holdout", "clean_fraction", "train")}
+    """Everything that decides a cell's numbers besides its (attack, defence, seed, setting): a
+    resume or a merge with other values would mix two benchmarks under one set of options."""
+    settings = {k: report.get(k) for k in ("dataset", "arch", "acc_budget", "holdout", "clean_fraction", "train")}
+    settings["defence_options"] = json.loads(json.dumps(report.get("defence_options") or {}))
+    return settings
 
 
 def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, attacks: str | Sequence[str] = "all",
@@ -58,24 +70,26 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise NgfkitError("--seeds must be at least 1")
+    seed_list = [check.whole(s, "every seed (--seeds, seeds=)") for s in seed_list]
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise NgfkitError(f"unknown setting {unknown[0]!r}; choose from {', '.join(SETTINGS)}")
-    if acc_budget < 0:
-        raise NgfkitError(f"--acc-budget must be >= 0 accuracy points, got {acc_budget}")
+    acc_budget = check.number(acc_budget, "acc_budget (--acc-budget)", low=0.0,
+                              fix="it is a number of clean-accuracy points, e.g. 3")
+    holdout = check.fraction(holdout, "holdout (--holdout)", "it is the share of the clean set held out, e.g. 0.2")
     defence_options = defence_options or {}
     for name, options in defence_options.items():
         _split_grid(name, options)  # bad options fail now, not after an hour of cells
     train = train or TrainConfig()
     start = time.perf_counter()
     report: dict[str, Any] = {"dataset": dataset, "arch": None, "acc_budget": acc_budget, "holdout": holdout,
-                              "clean_fraction": clean_fraction, "train": train.to_dict()}
+                              "clean_fraction": clean_fraction, "train": train.to_dict(),
+                              "defence_options": defence_options}
     first = Experiment(dataset=dataset, arch=arch, attack=attack_names[0], clean_fraction=clean_fraction,
                        seed=seed_list[0], train=train)
     report["arch"] = first.arch
-    previous = load_previous_report(json_path, _settings_of(report))
-    report.update({"cells": [], "before": [], "seeds": seed_list, "device": str(device), "versions": versions(),
-                   "defence_options": defence_options})
+    previous = load_previous_report(json_path, _settings_of(report), "defences", ROWS)
+    report.update({"cells": [], "before": [], "seeds": seed_list, "device": str(device), "versions": versions()})
     if previous:
         report["cells"], report["before"] = previous.get("cells", []), previous.get("before", [])
     done = {(c["attack"], c["defense"], c["seed"], c["setting"]) for c in report["cells"]}
@@ -114,6 +128,8 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
                         purified, history = purify(model, splits.clean, defence_name, device=device, progress=False,
                                                    **{"seed": seed, **options})
                     seconds = time.perf_counter() - tic
+                check.finite_model(purified, f"{attack_name} seed {seed}: the model purified by {defence_name!r}",
+                                   PURIFIED_NOT_FINITE)
                 if history["changed"] == "head":
                     after = evaluate_layer(classifier_layer(purified), test_inputs)
                 else:
@@ -239,7 +255,7 @@ def training_length_table(reports: Sequence[dict], attack: str = "badnets", sett
 def merge_reports(paths: Sequence[str | Path]) -> dict[str, Any]:
     """One report from several ``bench defences`` reports made with the same settings (say, one
     per SLURM job, each running some attacks or defences); a cell present twice is kept once."""
-    reports = read_reports(paths, _settings_of, "defences", "cells")
+    reports = read_reports(paths, _settings_of, "defences", ROWS)
     merged = {**reports[0], "cells": [], "before": [], "merged_from": [str(p) for p in paths]}
     seen_cells, seen_before = set(), set()
     for report in reports:

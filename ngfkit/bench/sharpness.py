@@ -19,6 +19,7 @@ from ..attacks import ATTACKS
 from .attacks import load_previous_report, read_reports
 from ..defences import purify
 from ..errors import NgfkitError
+from .. import validation as check
 from ..metrics import evaluate
 from ..pipeline import Experiment, load_or_train, load_splits
 from ..curvature.sharpness import measure
@@ -27,6 +28,10 @@ from ..utils import versions, write_json
 
 #: the paper's backdoor-training recipe (SGD lr 0.1, momentum 0.9, weight decay 5e-4), cosine schedule
 PAPER_LR = 0.1
+
+
+#: what every row of a report holds (checked when a report is resumed or merged)
+ROWS = {"rows": ("kind", "epochs", "seed", "acc", "lambda_max", "trace")}
 
 
 def _settings(report: dict) -> dict:
@@ -48,12 +53,17 @@ def bench_sharpness(dataset: str = "fashion-mnist", arch: str | None = None, kin
     if unknown:
         raise NgfkitError(f"unknown model kind {unknown[0]!r}; use 'clean' or an attack from: {', '.join(ATTACKS.names())}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    if not epochs or min(epochs) < 1 or not seed_list or min(seed_list) < 0 or samples < 1:
-        raise NgfkitError("--epochs, --seeds and --samples must all be at least 1 (and seeds not negative)")
+    if not epochs or not seed_list:
+        raise NgfkitError("--epochs and --seeds must name at least one training length and one seed")
+    epochs = [check.whole(e, "every training length (--epochs, epochs=)", least=1) for e in epochs]
+    seed_list = [check.whole(s, "every seed (--seeds, --seed-list, seeds=)") for s in seed_list]
+    samples = check.whole(samples, "samples (--samples)", least=1)
+    probes = check.whole(probes, "probes (--probes)", fix="0 skips the trace")
+    train_lr = check.positive(train_lr, "train_lr (--train-lr)")
     report: dict[str, Any] = {"dataset": dataset, "arch": None, "train_lr": train_lr, "samples": samples,
                               "probes": probes, "clean_fraction": clean_fraction}
     report["arch"] = Experiment(dataset=dataset, arch=arch).arch
-    previous = load_previous_report(json_path, _settings(report))
+    previous = load_previous_report(json_path, _settings(report), "sharpness", ROWS)
     report.update({"rows": (previous or {}).get("rows", []), "purify_with": purify_with, "device": str(device),
                    "versions": versions()})
     done = {(r["kind"], r["epochs"], r["seed"]) for r in report["rows"]}
@@ -97,7 +107,7 @@ def bench_sharpness(dataset: str = "fashion-mnist", arch: str | None = None, kin
 def merge_reports(paths: Sequence[str | Path]) -> dict[str, Any]:
     """One report from several ``bench sharpness`` reports made with the same settings (one per
     job of a job array, say); a (kind, epochs, seed) row present twice is kept once, the first."""
-    reports = read_reports(paths, _settings, "sharpness", "rows")
+    reports = read_reports(paths, _settings, "sharpness", ROWS)
     merged = {**reports[0], "rows": [], "merged_from": [str(p) for p in paths]}
     seen = set()
     for report in reports:

@@ -238,7 +238,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _status(nb, parameters: Mapping[str, Any] | None = None) -> str:
+def _status(nb, parameters: Mapping[str, Any] | None = None, notebook_sha256: str | None = None) -> str:
     meta = nb.metadata.get("papermill")
     if not meta:
         return "missing"
@@ -251,12 +251,20 @@ def _status(nb, parameters: Mapping[str, Any] | None = None) -> str:
         return "partial"
     if parameters is not None and meta.get("parameters") != _jsonable(dict(parameters)):
         return "mismatch"
+    recorded = nb.metadata.get("ngfkit_grid", {}).get("notebook_sha256")
+    if notebook_sha256 is not None and recorded is not None and recorded != notebook_sha256:
+        return "stale"
     return "done"
 
 
-def cell_status(path: str | Path, parameters: Mapping[str, Any] | None = None) -> str:
-    """``done`` (finished without error, with these parameters), ``failed``, ``partial`` (papermill
-    never finished it), ``mismatch`` (other parameters), or ``missing`` (no readable output)."""
+def cell_status(path: str | Path, parameters: Mapping[str, Any] | None = None,
+                notebook_sha256: str | None = None) -> str:
+    """``done`` (finished without error, with these parameters and, when ``notebook_sha256`` is
+    given, from that version of the notebook), ``failed``, ``partial`` (papermill never finished
+    it), ``mismatch`` (other parameters), ``stale`` (made from another version of the notebook:
+    its glued values no longer say what the notebook computes), or ``missing`` (no readable output).
+
+    Outputs of :func:`commands` (papermill run directly) record no hash and count as done."""
     nbformat = _nbformat()
     path = Path(path)
     if not path.is_file():
@@ -265,7 +273,7 @@ def cell_status(path: str | Path, parameters: Mapping[str, Any] | None = None) -
         nb = nbformat.read(str(path), as_version=4)
     except Exception:  # a truncated or foreign file is simply run again
         return "missing"
-    return _status(nb, parameters)
+    return _status(nb, parameters, notebook_sha256)
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -296,8 +304,9 @@ def _kernel_arguments(kernel: str) -> list[str]:
     return ["--IPKernelApp.log_level=ERROR"] if any("ipykernel" in arg for arg in spec.argv) else []
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def notebook_digest(path: str | Path) -> str:
+    """The SHA-256 of a notebook file: what an output records, to tell it was made from this version."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def run_cell(notebook: str | Path, cell: GridCell, *, kernel: str = "python3", cwd: str | Path | None = None,
@@ -334,7 +343,7 @@ def run_cell(notebook: str | Path, cell: GridCell, *, kernel: str = "python3", c
                 "index": cell.index, "grid_size": grid_size, "parameters": _jsonable(cell.parameters),
                 "parameter_order": list(cell.parameters),
                 "status": status, "error": error, "wall_seconds": seconds, "notebook": str(notebook),
-                "notebook_sha256": _sha256(notebook), "kernel": kernel, "versions": versions()}
+                "notebook_sha256": notebook_digest(notebook), "kernel": kernel, "versions": versions()}
             nbformat.write(nb, str(tmp))
             give_usual_permissions(tmp)
             os.replace(tmp, cell.path)
@@ -364,7 +373,8 @@ def run_grid(notebook: str | Path, grid: GridLike, out_dir: str | Path, *, only:
     """Run every pending cell of the grid (or just cell ``only``); skip the finished ones.
 
     ``cwd`` is where each notebook runs (default: the notebook's folder, as in the book build);
-    ``force`` runs finished cells again. Returns ``{"notebook", "out_dir", "grid", "cells",
+    ``force`` runs finished cells again; a cell made from another version of the notebook (its
+    hash differs) is run again too. Returns ``{"notebook", "out_dir", "grid", "cells",
     "ran", "skipped", "failed"}``, each cell ``{"index", "parameters", "output", "status"
     ("ran", "skipped" or "failed"), "seconds", "error"}``. A failing cell does not stop the others.
     """
@@ -377,11 +387,12 @@ def run_grid(notebook: str | Path, grid: GridLike, out_dir: str | Path, *, only:
     cells = _pick(cells, only)
     kernel_arguments = _kernel_arguments(kernel)
     _make_out_dir(out_dir)
+    digest = notebook_digest(notebook)
     records = []
     bar = tqdm(cells, desc=f"grid {notebook.stem}", unit="cell", disable=not progress)
     for cell in bar:
         bar.set_postfix_str(cell.path.stem.removeprefix(notebook.stem + "_"), refresh=True)
-        if not force and cell_status(cell.path, cell.parameters) == "done":
+        if not force and cell_status(cell.path, cell.parameters, digest) == "done":
             records.append({"index": cell.index, "parameters": cell.parameters, "output": str(cell.path),
                             "status": "skipped", "seconds": 0.0, "error": None})
             continue
@@ -403,9 +414,10 @@ def commands(notebook: str | Path, grid: GridLike, out_dir: str | Path, *, only:
     cells = _pick(plan(notebook, grid, out_dir), only)
     cwd = Path(cwd) if cwd is not None else notebook.parent
     _make_out_dir(Path(out_dir))  # papermill does not create it
+    digest = notebook_digest(notebook)
     lines = []
     for cell in cells:
-        if cell_status(cell.path, cell.parameters) == "done":
+        if cell_status(cell.path, cell.parameters, digest) == "done":
             continue
         args = ["papermill", str(notebook), str(cell.path), "-k", kernel, "--cwd", str(cwd), "--no-progress-bar"]
         for name, value in cell.parameters.items():
@@ -440,14 +452,14 @@ def glued_values(nb) -> dict[str, Any]:
     return values
 
 
-def _row(path: Path, nb, cell: GridCell | None) -> dict[str, Any]:
+def _row(path: Path, nb, cell: GridCell | None, notebook_sha256: str | None = None) -> dict[str, Any]:
     """One row of :func:`collect` from an output notebook (``nb`` None: there is none yet)."""
     if nb is None or not nb.metadata.get("papermill"):
         return {"output": path.name, "index": cell.index if cell else None, "status": "missing",
                 "parameters": _jsonable(cell.parameters) if cell else {}, "values": {}, "seconds": None,
                 "error": None, "notebook": None}
     papermill_meta, grid_meta = nb.metadata["papermill"], nb.metadata.get("ngfkit_grid", {})
-    status = _status(nb)
+    status = _status(nb, None, notebook_sha256)
     params = dict(papermill_meta.get("parameters") or {})
     order = list(cell.parameters) if cell else grid_meta.get("parameter_order", [])  # JSON sorted the keys
     order = [k for k in order if k in params]
@@ -459,17 +471,19 @@ def _row(path: Path, nb, cell: GridCell | None) -> dict[str, Any]:
             "notebook": grid_meta.get("notebook", papermill_meta.get("input_path"))}
 
 
-def collect(out_dir: str | Path, cells: Sequence[GridCell] | None = None) -> list[dict[str, Any]]:
+def collect(out_dir: str | Path, cells: Sequence[GridCell] | None = None,
+            notebook: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per papermill output notebook in ``out_dir`` (hidden temporary ones skipped):
     ``{"output", "index", "status", "parameters", "values", "seconds", "error", "notebook"}``,
     ordered by grid index. ``values`` are the glued values; ``seconds`` the cell's wall time.
 
     With ``cells`` (from :func:`plan`), only those outputs are read, in grid order, and a cell
     without one gets a row with status ``missing``: outputs of other grids in the same folder
-    are left out.
+    are left out. With ``notebook``, outputs made from another version of it have status ``stale``.
     """
     nbformat = _nbformat()
     out_dir = Path(out_dir)
+    digest = notebook_digest(Path(notebook)) if notebook is not None else None
     if not out_dir.is_dir():
         raise NgfkitError(f"output folder {out_dir} not found; run the grid first")
 
@@ -480,12 +494,12 @@ def collect(out_dir: str | Path, cells: Sequence[GridCell] | None = None) -> lis
             return None
 
     if cells is not None:
-        return [_row(cell.path, read(cell.path), cell) for cell in cells]
+        return [_row(cell.path, read(cell.path), cell, digest) for cell in cells]
     rows = []
     for path in sorted(out_dir.glob("*.ipynb")):
         nb = None if path.name.startswith(".") else read(path)
         if nb is not None and nb.metadata.get("papermill"):  # an output of papermill
-            rows.append(_row(path, nb, None))
+            rows.append(_row(path, nb, None, digest))
     rows.sort(key=lambda r: (r["index"] is None, r["index"] if r["index"] is not None else 0, r["output"]))
     return rows
 

@@ -16,13 +16,16 @@ Problems the user can fix end with one ``ngfkit: error: ...`` line and exit stat
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from ..errors import NgfkitError
-from . import bench, commands
-from .output import check_output
+from ..version import __version__
+from . import bench, cache, commands
+from .output import STDOUT, check_outputs
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class Command:
 
 
 #: the command groups (the first word of a two-word command) and their line in ``--help``
-GROUPS = {"bench": "benchmarks (cached and resumable; JSON out)"}
+GROUPS = {"bench": "benchmarks (cached and resumable; JSON out)",
+          "cache": "the pretrained model and trigger cache for readers (safetensors, sha256-checked)"}
 
 #: every command by its words on the command line, in the order of ``--help``
 COMMANDS: dict[str, Command] = {
@@ -62,12 +66,25 @@ COMMANDS: dict[str, Command] = {
                            "merge bench defences or bench sharpness reports of one benchmark (e.g. one per job)"),
     "grid": Command(commands.cmd_grid, commands.grid_options,
                     "run a notebook over a parameter grid with papermill (one output notebook per cell, resumable)"),
+    "cache pack": Command(cache.cmd_pack, cache.pack_options,
+                          "pack the cached models and learned triggers into an archive (prints its sha256)"),
+    "cache pull": Command(cache.cmd_pull, cache.pull_options,
+                          "download a cache archive, check its sha256 and unpack it into the cache"),
 }
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with ngfkit's error format: one ``ngfkit: error: ...`` line naming the fix (the
+    usage block argparse prints first would bury it), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ngfkit: error: {message}; see `{self.prog} --help`\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ngfkit`` parser of :data:`COMMANDS`; a parsed command's key is ``args.command_name``."""
-    parser = argparse.ArgumentParser(prog="ngfkit", description="Backdoor removal by Natural Gradient Fine-tuning.")
+    parser = Parser(prog="ngfkit", description="Backdoor removal by Natural Gradient Fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"ngfkit {__version__}")
     top = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, Any] = {}  # group word -> its subparsers
     for name, command in COMMANDS.items():
@@ -86,12 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    json_path = getattr(args, "json", None)  # commands without --json (grid, list) have none
+    """Run one command; 0 on success, 2 (one ``ngfkit: error:`` line) on a problem the user can fix.
+
+    Every output path is checked before the command starts (:func:`~ngfkit.cli.output.check_outputs`).
+    With ``--json -`` the JSON result is the only thing on stdout; what the command prints goes
+    to stderr.
+    """
     try:
-        check_output(json_path, ".json")
-        result = COMMANDS[args.command_name].run(args)
-        if json_path:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a usage error already printed in one line
+        return exit.code if isinstance(exit.code, int) else 2
+    json_path = getattr(args, "json", None)
+    to_stdout = json_path == STDOUT
+    try:
+        check_outputs(args)
+        with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+            result = COMMANDS[args.command_name].run(args)
+        if to_stdout:
+            print(json.dumps(result, indent=2))
+        elif json_path:
             from ..utils import write_json
 
             write_json(json_path, result)

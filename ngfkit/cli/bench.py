@@ -14,14 +14,13 @@ from typing import Sequence
 from ..errors import NgfkitError
 from ..registry import comma_separated
 from . import options
-from .output import check_output
 
 _ATTACKS_HELP = "'all' (the paper's 15) or comma-separated attack names (default: all)"
 
 
 def _refuse_seed(args: argparse.Namespace, command: str, alternative: str = "") -> None:
-    """``--seed`` comes with the common options, but these benchmarks run a set of seeds."""
-    if args.seed != 0:
+    """These benchmarks run a set of seeds: their ``--seed`` is hidden and refused in one line."""
+    if args.seed is not None:
         raise NgfkitError(f"bench {command} does not take --seed: it runs seeds 0..N-1 with --seeds N{alternative}")
 
 
@@ -61,11 +60,12 @@ def defences_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(*options.both_spellings("--defence-param"), dest="defence_param", action="append",
                         default=[], metavar="NAME.KEY=VALUE",
                         help="an option of one defence, e.g. anp.iterations=2000 (repeatable); "
-                        "a list for its strength knob is the grid to choose from, e.g. ft.steps=[50,100]")
+                        "a list for its strength knob is the grid to choose from, e.g. ft.steps=[50,100] "
+                        "(default: each defence's own options and grid)")
     options.training_options(parser, whose="the backdoored models")
     parser.add_argument("--figure", metavar="PATH", default=None,
-                        help="also write the ASR vs ACC-drop scatter as a self-contained HTML file")
-    options.common_options(parser)
+                        help="also write the ASR vs ACC-drop scatter as a self-contained HTML file (default: none)")
+    options.common_options(parser, seed=False)
 
 
 def _show_defence_report(report: dict, settings: Sequence[str], figure: str | None) -> None:
@@ -87,7 +87,6 @@ def cmd_defences(args: argparse.Namespace) -> dict:
     from ..utils import resolve_device
 
     _refuse_seed(args, "defences")
-    check_output(args.figure, ".html")
     settings = comma_separated(args.settings)
     report = bench_defences(args.dataset, args.arch, args.attacks, args.defences, seeds=args.seeds,
                             acc_budget=args.acc_budget, holdout=args.holdout, settings=settings,
@@ -107,14 +106,14 @@ def sharpness_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     group.add_argument("--seed-list", default=None, metavar="S,S,...",
                        help="run these seeds instead of 0..N-1 (one job of a job array, say; "
-                       "join the jobs' reports with `ngfkit bench merge`)")
+                       "join the jobs' reports with `ngfkit bench merge`; default: 0..N-1 of --seeds)")
     group.add_argument("--train-lr", type=float, default=0.1, help="training learning rate (default 0.1, the paper's)")
     options.clean_fraction_option(group)
     measurement = parser.add_argument_group("measurement")
     measurement.add_argument("--samples", type=int, default=200, help="clean images per measurement (default 200)")
     measurement.add_argument("--probes", type=int, default=30, help="Hutch++ probes for the trace (default 30)")
     measurement.add_argument("--no-purify", action="store_true", help="skip the measurement after NGF")
-    options.common_options(parser)
+    options.common_options(parser, seed=False)
 
 
 def cmd_sharpness(args: argparse.Namespace) -> dict:
@@ -138,7 +137,7 @@ def merge_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reports", nargs="+", help="bench defences JSON files, or bench sharpness JSON files")
     parser.add_argument("--figure", metavar="PATH", default=None,
                         help="also write a figure as HTML: the ASR vs ACC-drop scatter (defences) or "
-                        "λmax and trace against training length (sharpness)")
+                        "λmax and trace against training length (sharpness) (default: none)")
     options.output_options(parser, json_help="write the merged report here",
                            quiet_help="do not print the table of merged sharpness reports")
 
@@ -154,7 +153,6 @@ def _is_sharpness_report(path: str) -> bool:
 
 
 def cmd_merge(args: argparse.Namespace) -> dict:
-    check_output(args.figure, ".html")
     if _is_sharpness_report(args.reports[0]):
         from ..bench.sharpness import merge_reports, sharpness_table
         from ..viz.plots import sharpness_vs_training_figure, write_html

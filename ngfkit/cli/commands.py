@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import NgfkitError
 from ..registry import comma_separated
 from . import options
-from .output import check_output, json_safe, metrics_table, print_choice, provenance
+from .output import json_safe, metrics_table, print_choice, provenance
 
 
 def demo_options(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +33,14 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     device = resolve_device(args.device)
     exp = options.experiment(args)
+    defence_kwargs = options.checked_defence_kwargs(args)  # before a model is trained and cached
     splits = load_splits(exp, args.data_root, args.download)
     trained = load_or_train(exp, splits, device=device, progress=not args.quiet, use_cache=not args.no_cache)
     print(f"{'loaded cached' if trained.cached else 'trained'} {exp.arch} backdoored with {exp.attack} "
           f"on {exp.dataset} ({len(splits.train)} training images, {len(splits.clean)} held out as clean data)")
     result = run_defence(trained.model, trained.attack, splits, args.defence, device=device,
                          progress=not args.quiet, before=trained.meta.get("metrics"),
-                         test_predictions=trained.test_predictions, **options.defence_kwargs(args))
+                         test_predictions=trained.test_predictions, **defence_kwargs)
     history = result["history"]
     print(metrics_table([("before", result["before"]), (f"after {args.defence}", result["after"])]))
     print_choice(history)
@@ -64,7 +65,6 @@ def cmd_attack(args: argparse.Namespace) -> dict:
     from ..pipeline import load_or_train, load_splits
     from ..utils import resolve_device
 
-    check_output(args.out, ".safetensors")
     start = time.perf_counter()
     device = resolve_device(args.device)
     exp = options.experiment(args)
@@ -106,14 +106,14 @@ def cmd_purify(args: argparse.Namespace) -> dict:
     from ..pipeline import model_from_checkpoint, run_defence
     from ..utils import resolve_device, versions
 
-    check_output(args.out, ".safetensors")
     start = time.perf_counter()
     device = resolve_device(args.device)
+    defence_kwargs = options.checked_defence_kwargs(args)
     model, attack, meta = model_from_checkpoint(args.model, args.arch, args.dataset)
     dataset = meta.get("dataset") or args.dataset
     splits, fraction = _checkpoint_splits(meta, dataset, args)
     result = run_defence(model.to(device), attack, splits, args.defence, device=device, progress=not args.quiet,
-                         **options.defence_kwargs(args))
+                         **defence_kwargs)
     purified, history, before, after = result["model"], result["history"], result["before"], result["after"]
     out_meta = {**meta, "arch": meta.get("arch") or args.arch, "dataset": dataset, "metrics": after,
                 "purified_from": str(args.model), "defense": args.defence, "defense_config": history["config"],
@@ -156,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
         attack = create_attack(args.attack, info.image_shape, info.num_classes, seed=args.seed)
     test = load_dataset(dataset, "test", root=args.data_root, download=args.download)
     metrics = evaluate(model.to(device), test, attack, device=device)
-    print(metrics_table([(Path(args.model).stem[:10], metrics)]))
+    print(metrics_table([(Path(args.model).stem, metrics)]))
     return {"model": args.model, "dataset": dataset, "arch": meta.get("arch") or args.arch,
             "attack": attack.name if attack else None, **metrics, "seed": args.seed, **provenance(start)}
 
@@ -202,7 +202,10 @@ def cmd_sharpness(args: argparse.Namespace) -> dict:
 
 
 def list_options(parser: argparse.ArgumentParser) -> None:
-    """``list`` takes no options."""
+    """``list`` takes only ``--json``."""
+    group = parser.add_argument_group("output")
+    group.add_argument("--json", metavar="PATH", default=None,
+                       help="also write the listing as JSON ('-': to stdout; default: none)")
 
 
 def cmd_list(args: argparse.Namespace) -> dict:
@@ -223,40 +226,41 @@ def grid_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("notebook", help="the notebook to run; it needs a cell tagged 'parameters'")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
                         help="a parameter and its values, e.g. attack=badnets,blend (repeatable; the grid is every "
-                             "combination, the last --param varying fastest)")
-    parser.add_argument("--out", required=True, help="folder for the output notebooks, one per grid cell")
+                             "combination, the last --param varying fastest; default: the notebook's own values)")
+    parser.add_argument("--out", dest="out_dir", required=True, help="folder for the output notebooks, one per grid cell")
     parser.add_argument("--collect", metavar="PATH", default=None,
-                        help="then write each cell's parameters and glued values to this JSON and print a table")
+                        help="then write each cell's parameters and glued values to this JSON and print a table "
+                        "(default: none)")
     parser.add_argument("--print-commands", action="store_true",
                         help="print one papermill command per pending cell instead of running them")
     parser.add_argument("--only", type=int, default=None, metavar="I",
-                        help="run only cell I (0-based), e.g. $SLURM_ARRAY_TASK_ID in a job array")
+                        help="run only cell I (0-based), e.g. $SLURM_ARRAY_TASK_ID in a job array (default: every cell)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel to run the notebook with (default python3)")
     parser.add_argument("--force", action="store_true", help="run finished cells again too")
-    options.output_options(parser, json=False, quiet_help="no progress bar")
+    options.output_options(parser, json_help="also write the run's report (every cell's status) as JSON",
+                           quiet_help="no progress bar")
 
 
 def cmd_grid(args: argparse.Namespace) -> dict:
     from ..book.grid import collect, commands, plan, results_table, run_grid
     from ..utils import write_json
 
-    if args.collect:
-        check_output(args.collect, ".json")
     if args.print_commands:
-        lines = commands(args.notebook, args.param, args.out, only=args.only, kernel=args.kernel)
+        lines = commands(args.notebook, args.param, args.out_dir, only=args.only, kernel=args.kernel)
         for line in lines:
             print(line)
         return {"commands": lines}
-    report = run_grid(args.notebook, args.param, args.out, only=args.only, kernel=args.kernel, force=args.force,
-                      progress=not args.quiet)
+    report = run_grid(args.notebook, args.param, args.out_dir, only=args.only, kernel=args.kernel,
+                      force=args.force, progress=not args.quiet)
     print(f"{len(report['cells'])} cell(s): {report['ran']} ran, {report['skipped']} already done, "
-          f"{report['failed']} failed; outputs in {args.out}")
+          f"{report['failed']} failed; outputs in {args.out_dir}")
     for cell in report["cells"]:
         if cell["status"] == "failed":
             where = f"see {cell['output']}" if Path(cell["output"]).is_file() else "no output was written"
             print(f"  cell {cell['index']} failed ({cell['error']}); {where}")
     if args.collect:
-        rows = collect(args.out, plan(args.notebook, args.param, args.out))  # this grid's cells only
+        rows = collect(args.out_dir, plan(args.notebook, args.param, args.out_dir),  # this grid's cells only
+                       notebook=args.notebook)
         write_json(args.collect, rows)
         print(results_table(rows))
         print(f"wrote {args.collect}")

@@ -35,24 +35,31 @@ def data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
 
 
-def run_options(parser: argparse.ArgumentParser) -> None:
+def run_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    """``--device`` and ``--seed``; without ``seed`` (benchmarks that run a set of seeds) ``--seed``
+    is still parsed, so that it can be refused in one line, but left out of ``--help``."""
     group = parser.add_argument_group("run")
-    group.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    group.add_argument("--device", default="auto",
+                       help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N (default: auto)")
+    if seed:
+        group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    else:
+        group.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def output_options(parser: argparse.ArgumentParser, *, json_help: str = "also write the full result as JSON",
                    quiet_help: str = "no progress bars", json: bool = True) -> None:
     group = parser.add_argument_group("output")
     if json:
-        group.add_argument("--json", metavar="PATH", default=None, help=json_help)
+        group.add_argument("--json", metavar="PATH", default=None, help=f"{json_help} ('-': to stdout, the "
+                           f"tables then go to stderr; default: none)")
     group.add_argument("--quiet", action="store_true", help=quiet_help)
 
 
-def common_options(parser: argparse.ArgumentParser) -> None:
+def common_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
     """Data, device and seed, and output: what every command that loads data takes."""
     data_options(parser)
-    run_options(parser)
+    run_options(parser, seed=seed)
     output_options(parser)
 
 
@@ -71,8 +78,10 @@ def checkpoint_options(parser: argparse.ArgumentParser) -> None:
     """A saved model; its sidecar says its architecture and dataset."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", required=True, help="a .safetensors checkpoint")
-    group.add_argument("--arch", default=None, help="needed only for checkpoints without an ngfkit sidecar")
-    group.add_argument("--dataset", default=None, help="needed only for checkpoints without an ngfkit sidecar")
+    group.add_argument("--arch", default=None, help="needed only for checkpoints without an ngfkit sidecar "
+                       "(default: the sidecar's)")
+    group.add_argument("--dataset", default=None, help="needed only for checkpoints without an ngfkit sidecar "
+                       "(default: the sidecar's)")
 
 
 def clean_fraction_option(group, *, from_checkpoint: bool = False) -> None:
@@ -113,7 +122,8 @@ def attack_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("attack")
     group.add_argument("--attack", default="badnets", help="attack name (see `ngfkit list`; default: badnets)")
     group.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
-                       help="a trigger parameter of the attack, e.g. alpha=0.3 (repeatable; see the attack's docs)")
+                       help="a trigger parameter of the attack, e.g. alpha=0.3 (repeatable; see the attack's docs; "
+                       "default: the attack's own values)")
     group.add_argument("--poison-rate", type=float, default=None,
                        help="share of the training set poisoned (default: the attack's, 0.1; 0.05 for sig and clb)")
     group.add_argument("--target", type=int, default=0, help="target class (default: 0)")
@@ -143,7 +153,8 @@ def defence_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--acc-budget", type=float, default=None,
                        help="NGF: most clean-accuracy points (cross-fitted on the clean set) the chosen strength may "
                        "cost (default: the defence's)")
-    group.add_argument("--lr", type=float, default=None, help="NGF: fixed learning rate instead of choosing one")
+    group.add_argument("--lr", type=float, default=None, help="NGF: fixed learning rate instead of choosing one "
+                       "(default: chosen from clean data)")
     group.add_argument("--steps", type=int, default=None, help="NGF: optimiser steps (default: the defence's)")
     group.add_argument("--body", choices=("frozen", "sgd"), default=None,
                        help="NGF: frozen (strictly one layer, fast) or sgd (the reference code's variant) "
@@ -156,7 +167,17 @@ def defence_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--layers", default=None, help="NGF: comma-separated Linear layer names (default: the classifier)")
     group.add_argument(*both_spellings("--defence-param"), dest="defence_param", action="append", default=[],
                        metavar="KEY=VALUE", help="any option of the defence, e.g. iterations=2000 for anp "
-                       "(repeatable; see the defence's docs)")
+                       "(repeatable; see the defence's docs; default: its own values)")
+
+
+def checked_defence_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`defence_kwargs`, checked by building the defence (its config validates every option), so
+    that a bad one fails before a model is loaded or trained."""
+    from ..defences import DEFENCES
+
+    kwargs = defence_kwargs(args)
+    DEFENCES.get(args.defence)(**kwargs)
+    return kwargs
 
 
 def defence_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .. import validation as check
 from ..errors import NgfkitError
 from ..registry import Registry
 from .files import image_to_tensor, read_image, resize_center_crop
@@ -58,13 +59,14 @@ class ImageTensorDataset(Dataset):
     """Whole split in memory: images uint8 (N, C, H, W), labels int64 (N,)."""
 
     def __init__(self, images: Tensor, labels: Tensor, info: DatasetInfo):
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if tuple(images.shape[1:]) != tuple(info.image_shape):
-            raise ValueError(f"images are {tuple(images.shape[1:])}, {info.name} expects {info.image_shape}")
-        labels = torch.as_tensor(labels).to(torch.int64)
+        images = torch.as_tensor(images)
+        if images.dtype != torch.uint8:
+            raise NgfkitError(f"images must be uint8 (0..255), got {images.dtype}; for floats in [0, 1] pass "
+                              f"(images * 255).round().to(torch.uint8)")
+        check.image_batch(images, "images", info.image_shape)
+        labels = check.labels(labels, "labels", info.num_classes)
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+            raise NgfkitError(f"labels must have shape ({images.shape[0]},), one per image, got {tuple(labels.shape)}")
         self.images = images
         self.labels = labels
         self.info = info

@@ -48,6 +48,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..batches import iterate_batches
 from ..errors import NgfkitError
+from .. import validation as check
 from .base import DEFENCES
 from .finetune import FineTuneConfig, StepsDefence, finetune
 
@@ -72,14 +73,12 @@ class NADConfig(FineTuneConfig):
         super().__post_init__()
         if isinstance(self.teacher_steps, bool) or not isinstance(self.teacher_steps, int) or self.teacher_steps < 1:
             raise NgfkitError(f"nad teacher_steps must be a whole number of at least 1, got {self.teacher_steps!r}")
-        if not self.teacher_lr > 0:
-            raise NgfkitError(f"nad teacher_lr must be positive, got {self.teacher_lr!r}")
-        if not self.p > 0:
-            raise NgfkitError(f"nad p must be positive, got {self.p!r}")
+        self.teacher_lr = check.positive(self.teacher_lr, "nad teacher_lr")
+        self.p = check.positive(self.p, "nad p")
         betas = (self.betas,) if isinstance(self.betas, (int, float)) else tuple(self.betas)
-        if not betas or not all(isinstance(b, (int, float)) and b >= 0 for b in betas):
+        if not betas:
             raise NgfkitError(f"nad betas must be one or more numbers >= 0, got {self.betas!r}")
-        self.betas = tuple(float(b) for b in betas)
+        self.betas = tuple(check.number(b, "every nad beta", low=0.0) for b in betas)
         if self.layers is not None:
             layers = self.layers.split(",") if isinstance(self.layers, str) else self.layers
             self.layers = tuple(str(name).strip() for name in layers)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..errors import NgfkitError
+from .. import validation as check
 from ..train import StepHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence
 from .classifier_only import HeadDefence, layer_matrix
@@ -32,10 +33,12 @@ class FineTuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise NgfkitError(f"steps must be at least 1, got {self.steps}")
-        if self.lr <= 0:
-            raise NgfkitError(f"lr must be positive, got {self.lr}")
+        self.steps = check.whole(self.steps, "steps", least=1)
+        self.batch_size = check.whole(self.batch_size, "batch_size", least=1)
+        self.seed = check.whole(self.seed, "seed")
+        self.lr = check.positive(self.lr, "lr")
+        self.momentum = check.number(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        self.weight_decay = check.number(self.weight_decay, "weight_decay", low=0.0)
 
 
 def finetune(model: nn.Module, data: Dataset, cfg, *, device, progress: bool, desc: str,
@@ -116,8 +119,14 @@ class LastLayerConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.lr <= 0 or self.augment < 0:
-            raise NgfkitError("ft-last needs steps >= 1, lr > 0 and augment >= 0")
+        self.steps = check.whole(self.steps, "ft-last steps", least=1)
+        self.batch_size = check.whole(self.batch_size, "ft-last batch_size", least=1)
+        self.augment = check.whole(self.augment, "ft-last augment")
+        self.seed = check.whole(self.seed, "seed")
+        self.lr = check.positive(self.lr, "ft-last lr")
+        self.final_lr_ratio = check.number(self.final_lr_ratio, "ft-last final_lr_ratio", low=0.0)
+        self.momentum = check.number(self.momentum, "ft-last momentum", low=0.0, high=1.0, high_open=True)
+        self.weight_decay = check.number(self.weight_decay, "ft-last weight_decay", low=0.0)
 
 
 @DEFENCES.register("ft-last")
@@ -158,8 +167,7 @@ class SAMConfig(FineTuneConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.rho <= 0:
-            raise NgfkitError(f"rho must be positive, got {self.rho}")
+        self.rho = check.positive(self.rho, "ft-sam rho")
 
 
 class SharpnessAware(StepHooks):

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..batches import subset_of
 from ..curvature.fisher import FISHER_TYPES
 from ..errors import NgfkitError
+from .. import validation as check
 from ..metrics import evaluate, predict
 from ..models import classifier_layer, find_classifier
 from ..train import CombinedHooks, TrainConfig, frozen_except, train_model
@@ -74,11 +75,24 @@ class NGFConfig:
         if not (self.reg_strength >= 0 and self.reg_strength < float("inf")):  # also rejects NaN
             raise NgfkitError(f"NGF reg_strength (η) must be a finite number >= 0, got {self.reg_strength!r}; "
                               f"0 switches the regulariser off")
-        if self.folds < 2:
-            raise NgfkitError("NGF needs at least 2 folds to choose its learning rate from clean data")
         if self.lr is None and not self.lr_grid:
             raise NgfkitError("give NGF a learning rate or a non-empty lr_grid")
-        self.lr_grid = tuple(sorted(float(v) for v in self.lr_grid))
+        for name in ("steps", "batch_size", "factor_every", "eigen_every", "eval_every"):
+            setattr(self, name, check.whole(getattr(self, name), f"ngf {name}", least=1))
+        for name in ("augment", "weight_decay_from", "seed"):
+            setattr(self, name, check.whole(getattr(self, name), f"ngf {name}", least=0))
+        self.folds = check.whole(self.folds, "ngf folds", least=2, fix="choosing lr cross-fits on the clean set")
+        if self.lr is not None:
+            self.lr = check.positive(self.lr, "ngf lr", "or leave it out to choose it from clean data")
+        self.lr_grid = tuple(sorted(check.positive(v, "every ngf lr_grid value") for v in self.lr_grid))
+        self.acc_budget = check.number(self.acc_budget, "ngf acc_budget", low=0.0,
+                                       fix="it is a number of clean-accuracy points, e.g. 3")
+        for name in ("damping", "kl_clip"):
+            setattr(self, name, check.positive(getattr(self, name), f"ngf {name}"))
+        for name in ("final_lr_ratio", "weight_decay"):
+            setattr(self, name, check.number(getattr(self, name), f"ngf {name}", low=0.0))
+        self.momentum = check.number(self.momentum, "ngf momentum", low=0.0, high=1.0, high_open=True)
+        self.decay = check.number(self.decay, "ngf decay", low=0.0, high=1.0)
         if self.layers is not None:
             self.layers = tuple(self.layers)
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)

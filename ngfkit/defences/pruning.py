@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ..batches import iterate_batches
 from ..errors import NgfkitError
+from .. import validation as check
 from ..train import StepHooks, TrainConfig, to_channels_last, train_model
 from .base import DEFENCES, Defence
 from .finetune import FineTuneConfig, finetune
@@ -36,10 +37,8 @@ class FinePruningConfig(FineTuneConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.ratio < 1:
-            raise NgfkitError(f"fp ratio is the share of channels pruned and must be in [0, 1), got {self.ratio}")
-        if self.batch_size < 1:
-            raise NgfkitError(f"batch_size must be at least 1, got {self.batch_size}")
+        self.ratio = check.number(self.ratio, "fp ratio", low=0.0, high=1.0, high_open=True,
+                                  fix="it is the share of the last conv layer's channels pruned")
 
 
 @dataclass
@@ -223,22 +222,16 @@ class ANPConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0 <= self.threshold <= 1:
-            raise NgfkitError(f"anp threshold is compared with masks in [0, 1] and must be in [0, 1], got {self.threshold}")
-        if self.iterations < 1:
-            raise NgfkitError(f"anp iterations must be at least 1, got {self.iterations}")
-        if self.eps < 0:
-            raise NgfkitError(f"anp eps is a noise bound and must be >= 0, got {self.eps}")
-        if self.anp_steps < 1:
-            raise NgfkitError(f"anp_steps must be at least 1, got {self.anp_steps}")
-        if not 0 <= self.alpha <= 1:
-            raise NgfkitError(f"anp alpha weighs two losses and must be in [0, 1], got {self.alpha}")
-        if self.lr <= 0:
-            raise NgfkitError(f"anp lr must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise NgfkitError(f"anp momentum must be in [0, 1), got {self.momentum}")
-        if self.batch_size < 1:
-            raise NgfkitError(f"anp batch_size must be at least 1, got {self.batch_size}")
+        self.threshold = check.number(self.threshold, "anp threshold", low=0.0, high=1.0,
+                                      fix="it is compared with masks in [0, 1]")
+        self.iterations = check.whole(self.iterations, "anp iterations", least=1)
+        self.eps = check.number(self.eps, "anp eps", low=0.0, fix="it is a noise bound")
+        self.anp_steps = check.whole(self.anp_steps, "anp anp_steps", least=1)
+        self.alpha = check.number(self.alpha, "anp alpha", low=0.0, high=1.0, fix="it weighs two losses")
+        self.lr = check.positive(self.lr, "anp lr")
+        self.momentum = check.number(self.momentum, "anp momentum", low=0.0, high=1.0, high_open=True)
+        self.batch_size = check.whole(self.batch_size, "anp batch_size", least=1)
+        self.seed = check.whole(self.seed, "seed")
 
 
 def _norm_layers(model: nn.Module) -> list[str]:

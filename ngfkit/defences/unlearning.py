@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 from ..batches import iterate_batches
 from ..errors import NgfkitError
+from .. import validation as check
 from ..train import to_channels_last, use_channels_last
 from .base import DEFENCES, Defence
 
@@ -87,12 +88,10 @@ class IBAUConfig:
                 raise NgfkitError(f"i-bau {name} must be a whole number of at least {least}, got {value!r}")
             setattr(self, name, int(value))
         for name in ("lr", "perturbation_lr", "fixed_point_lr"):
-            if not getattr(self, name) > 0:
-                raise NgfkitError(f"i-bau {name} must be positive, got {getattr(self, name)!r}")
-        if not self.perturbation_reg >= 0:
-            raise NgfkitError(f"i-bau perturbation_reg must be at least 0, got {self.perturbation_reg!r}")
-        if self.radius is not None and not self.radius > 0:
-            raise NgfkitError(f"i-bau radius must be positive (or None for no bound), got {self.radius!r}")
+            setattr(self, name, check.positive(getattr(self, name), f"i-bau {name}"))
+        self.perturbation_reg = check.number(self.perturbation_reg, "i-bau perturbation_reg", low=0.0)
+        if self.radius is not None:
+            self.radius = check.positive(self.radius, "i-bau radius", "or None for no bound")
         if self.fixed_point_batch is not None and (not _whole(self.fixed_point_batch) or self.fixed_point_batch < 1):
             raise NgfkitError("i-bau fixed_point_batch must be a whole number of at least 1 (or None for the "
                               f"whole batch), got {self.fixed_point_batch!r}")
