@@ -21,6 +21,7 @@ from ..train import CombinedHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence
 from .classifier_only import FeatureDataset, HeadDefence, head_predictions, layer_matrix, set_layer_matrix
 from .batched_heads import fit_heads
+from .feature_shift import FeatureShift
 from .natural_gradient import FisherRegulariser, NaturalGradient, layer_statistics
 from .selection import accuracy_drop, selection_record
 
@@ -63,6 +64,8 @@ class NGFConfig:
     weight_decay_from: int = 0
     sample_with_replacement: bool = False
     reinit_head: bool = False
+    # FST's head term α⟨W, W_orig⟩ with ‖W‖ kept at ‖W_orig‖ (generic path; with body="sgd" the body shifts)
+    feature_shift: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -89,7 +92,7 @@ class NGFConfig:
                                        fix="it is a number of clean-accuracy points, e.g. 3")
         for name in ("damping", "kl_clip"):
             setattr(self, name, check.positive(getattr(self, name), f"ngf {name}"))
-        for name in ("final_lr_ratio", "weight_decay"):
+        for name in ("final_lr_ratio", "weight_decay", "feature_shift"):
             setattr(self, name, check.number(getattr(self, name), f"ngf {name}", low=0.0))
         self.momentum = check.number(self.momentum, "ngf momentum", low=0.0, high=1.0, high_open=True)
         self.decay = check.number(self.decay, "ngf decay", low=0.0, high=1.0)
@@ -99,7 +102,8 @@ class NGFConfig:
 
     def reference_details(self) -> bool:
         """Whether a training detail of the reference code is on (these run on the generic path only)."""
-        return bool(self.lr_milestones or self.weight_decay_from or self.sample_with_replacement or self.reinit_head)
+        return bool(self.lr_milestones or self.weight_decay_from or self.sample_with_replacement or self.reinit_head
+                    or self.feature_shift)
 
 
 def milestone_factor(milestones: tuple[int, ...]):
@@ -249,9 +253,10 @@ class NGF(HeadDefence):
 
         modules = dict(net.named_modules())
         layers = {name: modules[name] for name in layer_names}
+        head = find_classifier(net)[1]
+        original_head = head.weight.detach().clone()
         if cfg.reinit_head:
             generator = torch.Generator().manual_seed(cfg.seed)
-            head = find_classifier(net)[1]
             with torch.no_grad():  # Xavier-uniform weights and a zero bias, as the reference's second script
                 bound = (6.0 / (head.in_features + head.out_features)) ** 0.5
                 head.weight.copy_(torch.rand(head.weight.shape, generator=generator) * 2 * bound - bound)
@@ -268,6 +273,7 @@ class NGF(HeadDefence):
             clean_images = data.original() if isinstance(data, FeatureDataset) else data
             stats = layer_statistics(net, layers, clean_images, fisher=cfg.fisher, seed=cfg.seed, device=device)
             regulariser = FisherRegulariser(layers, stats, cfg.reg_strength, cfg.regulariser).use_metric(natural)
+        shift = FeatureShift(head, original_head, cfg.feature_shift) if cfg.feature_shift > 0 else None
         train_cfg = TrainConfig(steps=cfg.steps, lr=lr, final_lr_ratio=cfg.final_lr_ratio, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, batch_size=min(cfg.batch_size, len(data)),
                                 augment=bool(cfg.augment) and not isinstance(data, FeatureDataset))
@@ -275,7 +281,8 @@ class NGF(HeadDefence):
             with frozen_except(net, params):
                 fit = train_model(net, data, train_cfg, seed=cfg.seed, device=device, progress=progress,
                                   desc=desc, params=params, train_mode=cfg.body == "sgd",
-                                  hooks=CombinedHooks(natural, regulariser), on_step=on_step,
+                                  hooks=CombinedHooks(natural, regulariser, shift), on_step=on_step,
+                                  extra_loss=shift.loss if shift is not None else None,
                                   lr_factor=milestone_factor(cfg.lr_milestones) if cfg.lr_milestones else None,
                                   weight_decay_from=cfg.weight_decay_from, replacement=cfg.sample_with_replacement)
         finally:

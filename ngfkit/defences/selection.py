@@ -117,6 +117,7 @@ def select_and_purify(model: nn.Module, clean_data: Dataset, method: str, *, acc
     start = time.perf_counter()
     fit_idx, held_idx = holdout_split(len(clean_data), holdout, seed)
     fit, held = subset_of(clean_data, fit_idx), subset_of(clean_data, held_idx)
+    features = features if features is not None else FeatureCache()  # every value trains on the same fit split
     reference = predict(model, held, device=device)
     tried, models = [], {}
     bar = tqdm(total=len(values), desc=f"{method}: {knob} on held-out clean data", disable=not progress,

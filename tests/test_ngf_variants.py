@@ -1,0 +1,76 @@
+"""The NGF-family variants beyond the paper's text: the reference code's two scripts and ngf-shift,
+plus the determinism of the clean-data rule across thread counts."""
+import pytest
+import torch
+from defence_helpers import state, tiny_clean, tiny_model
+
+from ngfkit.defences import DEFENCES, purify, select_and_purify
+from ngfkit.errors import NgfkitError
+
+
+def changed_keys(before, after):
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_the_reference_variants_carry_the_reference_codes_settings():
+    ref = DEFENCES.get("ngf-reference")().config
+    assert (ref.body, ref.damping, ref.reg_strength, ref.lr, ref.lr_milestones, ref.weight_decay_from,
+            ref.sample_with_replacement, ref.steps, ref.batch_size) == ("sgd", 1e-3, 0.0, 1e-3, (200,), 200, True, 500, 128)
+    reinit = DEFENCES.get("ngf-reference-reinit")().config
+    assert reinit.reinit_head and reinit.fisher == "sampled" and reinit.lr == 1e-2 and not reinit.lr_milestones
+
+
+def test_ngf_reference_trains_every_parameter_with_batchnorm_in_train_mode():
+    model, data = tiny_model(), tiny_clean(48)
+    purified, history = purify(model, data, "ngf-reference", device="cpu", progress=False, steps=4,
+                               lr_milestones=(2,), weight_decay_from=2, batch_size=16)
+    changed = changed_keys(state(model), state(purified))
+    assert {"head.weight", "body.0.weight", "body.1.running_mean"} <= changed
+    assert history["changed"] == "model" and history["setting"]["lr"] == 1e-3
+
+
+def test_ngf_reference_reinit_starts_from_a_fresh_classifier():
+    model, data = tiny_model(), tiny_clean(48)
+    purified, _ = purify(model, data, "ngf-reference-reinit", device="cpu", progress=False, steps=1, lr=1e-9,
+                         batch_size=16)
+    # with a vanishing step the classifier is (nearly) the fresh one, far from the original
+    assert (purified.head.weight - model.head.weight).abs().mean() > 1e-3
+
+
+def test_ngf_shift_changes_the_last_block_and_the_classifier_only():
+    model, data = tiny_model(), tiny_clean(48)
+    purified, history = purify(model, data, "ngf-shift", device="cpu", progress=False, steps=5, augment=1)
+    changed = changed_keys(state(model), state(purified))
+    assert changed == {"body.16.weight", "body.16.bias", "head.weight", "head.bias"}
+    # FST's projection keeps the classifier's weight norm at the original one
+    assert torch.allclose(purified.head.weight.norm(), model.head.weight.norm(), rtol=1e-4)
+    assert history["changed"] == "model" and history["setting"] == {"feature_shift": 0.1}
+
+
+def test_ngf_shift_strength_is_chosen_by_the_one_rule():
+    model, data = tiny_model(), tiny_clean(60)
+    _, history = select_and_purify(model, data, "ngf-shift", device="cpu", progress=False, values=(0.0, 0.5),
+                                   steps=5, augment=1)
+    assert [t["value"] for t in history["selection"]["tried"]] == [0.0, 0.5]
+    assert history["setting"]["feature_shift"] == history["selection"]["chosen"]
+
+
+def test_ngf_shift_needs_a_sequential_body_with_a_linear_block():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    with pytest.raises(NgfkitError, match="nn.Sequential") as info:
+        purify(model, tiny_clean(20), "ngf-shift", device="cpu", progress=False, steps=1)
+    assert "\n" not in str(info.value)
+
+
+def test_the_clean_data_rule_chooses_the_same_setting_on_one_and_two_threads():
+    model, data = tiny_model(), tiny_clean(60)
+    before = torch.get_num_threads()
+    chosen = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            _, history = purify(model, data, "ngf", device="cpu", progress=False, steps=30, folds=3, augment=1)
+            chosen.append((history["setting"], [round(t["val_acc_drop"], 6) for t in history["selection"]["tried"]]))
+    finally:
+        torch.set_num_threads(before)
+    assert chosen[0] == chosen[1]
