@@ -62,6 +62,9 @@ COMMANDS: dict[str, Command] = {
     "bench sharpness": Command(bench.cmd_sharpness, bench.sharpness_options,
                                "λmax and trace of benign vs backdoored models over training lengths and seeds, "
                                "and after NGF"),
+    "bench stability": Command(bench.cmd_stability, bench.stability_options,
+                               "one backdoored model, one defence, re-run over defence seeds and thread counts: "
+                               "does the result hold? (resumable; JSON out)"),
     "bench merge": Command(bench.cmd_merge, bench.merge_options,
                            "merge bench defences or bench sharpness reports of one benchmark (e.g. one per job)"),
     "grid": Command(commands.cmd_grid, commands.grid_options,

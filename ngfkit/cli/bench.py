@@ -98,6 +98,36 @@ def cmd_defences(args: argparse.Namespace) -> dict:
     return report
 
 
+def stability_options(parser: argparse.ArgumentParser) -> None:
+    options.model_options(parser)
+    parser.add_argument("--attack", default="badnets", help="the attack of the one backdoored model (default badnets)")
+    parser.add_argument("--model-seed", type=int, default=0, help="seed of that model (default 0, the demo's)")
+    parser.add_argument(*options.both_spellings("--defences"), dest="defences", default="ngf",
+                        help="comma-separated defences to re-run (default: ngf)")
+    parser.add_argument("--seeds", type=int, default=5, help="defence seeds 0..N-1 (default 5)")
+    parser.add_argument("--threads", default="1,2", help="CPU thread counts to run each seed with (default 1,2)")
+    parser.add_argument(*options.both_spellings("--defence-param"), dest="defence_param", action="append",
+                        default=[], metavar="NAME.KEY=VALUE",
+                        help="an option of one defence, e.g. ngf.damping=0.01 (repeatable; default: none)")
+    options.training_options(parser, whose="the backdoored model")
+    options.common_options(parser, seed=False)
+
+
+def cmd_stability(args: argparse.Namespace) -> dict:
+    from ..bench.stability import bench_stability, stability_table
+    from ..defences import DEFENCES
+    from ..utils import resolve_device
+
+    report = bench_stability(args.dataset, args.attack, DEFENCES.parse_names(args.defences, option="--defences"),
+                             seeds=list(range(args.seeds)), threads=options.int_list(args.threads, "--threads"),
+                             model_seed=args.model_seed, arch=args.arch, train=options.train_config(args),
+                             clean_fraction=args.clean_fraction, device=resolve_device(args.device),
+                             progress=not args.quiet, json_path=args.json, data_root=args.data_root,
+                             download=args.download, defence_options=options.named_key_values(args.defence_param))
+    print(stability_table(report))
+    return report
+
+
 def sharpness_options(parser: argparse.ArgumentParser) -> None:
     options.model_options(parser)
     parser.add_argument("--kinds", default="clean,badnets", help="'clean' and/or attack names (default clean,badnets)")
