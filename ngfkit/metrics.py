@@ -11,6 +11,9 @@ All returned values are percentages, except DER, which lies in ``[0, 1]``.
 """
 from __future__ import annotations
 
+import math
+import statistics
+
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -125,3 +128,11 @@ def evaluate(model: nn.Module, dataset: Dataset, attack=None, *, batch_size: int
              device: torch.device | str = "cpu") -> dict[str, float]:
     """``{"acc"}``, plus ``"asr"`` and ``"ra"`` when an attack is given, in percent."""
     return _metrics(predict(model, dataset, attack=attack, batch_size=batch_size, device=device), attack is not None)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of ``values`` (0 for one value, NaN for none): the
+    ``mean ± std`` of every summary over seeds and attacks."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

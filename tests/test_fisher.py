@@ -130,7 +130,7 @@ def test_regulariser_gradient_and_proximal_step(linear_problem, kind):
     layer, x, y = linear_problem
     layers = {"": layer}
     stats = layer_statistics(layer, layers, torch.utils.data.TensorDataset(x, y), device="cpu")
-    reg = FisherRegulariser(layers, stats, strength=3.0, kind=kind)
+    reg = FisherRegulariser(layers, stats, strength=3.0, structure=kind)
     a, g = stats[""]
     with torch.no_grad():
         layer.weight.add_(0.3 * torch.randn_like(layer.weight))

@@ -25,7 +25,7 @@ from .attacks import PAPER_ATTACKS, load_previous_report, read_reports
 from ..defences import DEFENCES, purify
 from ..defences.selection import select_and_purify
 from ..errors import NgfkitError
-from ..metrics import defence_effectiveness_rating, evaluate, evaluate_layer, predict
+from ..metrics import defence_effectiveness_rating, evaluate, evaluate_layer, mean_std, predict
 from ..models import classifier_layer
 from ..pipeline import PURIFIED_NOT_FINITE, Experiment, load_or_train, load_splits
 from .. import validation as check
@@ -172,12 +172,6 @@ def _choice(history: dict) -> dict:
     return choice
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def summarise(report: dict) -> list[dict]:
     """Mean ± std over attacks and seeds per (defence, setting), plus per-attack means."""
     rows = []
@@ -189,7 +183,7 @@ def summarise(report: dict) -> list[dict]:
                                "attacks": sorted({c["attack"] for c in cells})}
         for field in ("acc", "acc_drop", "asr", "ra", "der", "seconds", "peak_mb"):
             # a missing value (peak memory that could not be measured) is left out, not counted as 0
-            row[field], row[f"{field}_std"] = _mean_std([c[field] for c in cells if c.get(field) is not None])
+            row[field], row[f"{field}_std"] = mean_std([c[field] for c in cells if c.get(field) is not None])
         rows.append(row)
     return rows
 

@@ -20,7 +20,7 @@ from .attacks import load_previous_report, read_reports
 from ..defences import purify
 from ..errors import NgfkitError
 from .. import validation as check
-from ..metrics import evaluate
+from ..metrics import evaluate, mean_std
 from ..pipeline import Experiment, load_or_train, load_splits
 from ..curvature.sharpness import measure
 from ..train import TrainConfig
@@ -128,10 +128,6 @@ def _sharpness(model, clean, samples: int, probes: int, seed: int, device) -> di
     return {k: result[k] for k in ("lambda_max", "trace", "trace_std", "loss", "samples", "seconds")}
 
 
-def _mean_std(values: list[float]) -> list[float]:
-    return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
-
-
 def summarise(report: dict) -> list[dict]:
     """Mean ± std of λmax and trace per (kind, epochs), with the ratio of the means to the benign
     models' and the ratio seed by seed (a benign and a backdoored model of one seed share their
@@ -145,7 +141,7 @@ def summarise(report: dict) -> list[dict]:
             group = [r for r in rows if r["kind"] == kind and r["epochs"] == n_epochs]
             entry: dict[str, Any] = {"kind": kind, "epochs": n_epochs, "seeds": len(group)}
             for field in ("lambda_max", "trace", "acc"):
-                entry[field] = _mean_std([r[field] for r in group])
+                entry[field] = list(mean_std([r[field] for r in group]))
             if benign and kind != "clean":
                 for field in ("lambda_max", "trace"):
                     entry[f"{field}_ratio"] = entry[field][0] / statistics.fmean(r[field] for r in benign)
@@ -154,7 +150,7 @@ def summarise(report: dict) -> list[dict]:
                                                      if r["seed"] in benign_by_seed]
             purified = [r["purified"] for r in group if "purified" in r]
             if purified:
-                entry["purified"] = {f: _mean_std([p[f] for p in purified]) for f in ("lambda_max", "trace", "acc", "asr")}
+                entry["purified"] = {f: list(mean_std([p[f] for p in purified])) for f in ("lambda_max", "trace", "acc", "asr")}
             out.append(entry)
     return out
 

@@ -17,7 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: the labels behind the K-FAC / EKFAC statistics NGF trains with: the clean labels (the empirical
+#: Fisher) or labels sampled from the model's softmax (a Monte-Carlo estimate of the true Fisher)
 FISHER_TYPES = ("empirical", "sampled")
+#: the exact Fisher matrices the small-layer checks compute: the empirical one, or the true one
+#: (the expectation over the model's softmax, computed in closed form rather than sampled)
+EXACT_FISHER_TYPES = ("empirical", "true")
 
 
 def with_bias_column(a: Tensor) -> Tensor:

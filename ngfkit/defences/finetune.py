@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..errors import NgfkitError
 from .. import validation as check
 from ..train import StepHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence

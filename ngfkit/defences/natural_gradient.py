@@ -166,9 +166,9 @@ class FisherRegulariser(StepHooks):
     combination of ``θ_step`` and ``θ⁰``: the regulariser can slow the optimisation but never
     make it diverge.
 
-    - Without a metric (plain SGD), ``M = I`` and ``F`` is the diagonal Fisher (``kind="diag"``,
+    - Without a metric (plain SGD), ``M = I`` and ``F`` is the diagonal Fisher (``structure="diag"``,
       normalised to mean 1 so that ``η`` means the same on every model) or its K-FAC form
-      ``A ⊗ G`` (``kind="kfac"``, exact in the eigenbases of ``A`` and ``G``).
+      ``A ⊗ G`` (``structure="kfac"``, exact in the eigenbases of ``A`` and ``G``).
     - Attached to a :class:`NaturalGradient` (:meth:`use_metric`), ``M`` is that optimiser's
       damped EKFAC Fisher and ``F`` the backdoored model's Fisher diagonalised in the same
       eigenbasis, so both terms are measured in one geometry. A Euclidean pull-back after a
@@ -177,19 +177,19 @@ class FisherRegulariser(StepHooks):
     """
 
     def __init__(self, layers: dict[str, nn.Linear], statistics: dict[str, tuple[Tensor, Tensor]],
-                 strength: float, kind: str = "diag"):
-        if kind not in ("diag", "kfac"):
-            raise ValueError(f"regulariser kind must be 'diag' or 'kfac', got {kind!r}")
+                 strength: float, structure: str = "diag"):
+        if structure not in ("diag", "kfac"):
+            raise ValueError(f"the regulariser's structure must be 'diag' or 'kfac', got {structure!r}")
         self.layers = layers
         self.statistics = statistics
         self.strength = float(strength)
-        self.kind = kind
+        self.structure = structure
         self.metric: NaturalGradient | None = None
         self._basis_scales: dict[str, tuple[Tensor, Tensor]] = {}
         self.anchor = {n: layer_matrix(l) for n, l in layers.items()}
         self.curvature: dict[str, Tensor | tuple[Tensor, Tensor, Tensor]] = {}
         for name, (a, g) in statistics.items():
-            if kind == "diag":
+            if structure == "diag":
                 diag = diagonal_fisher(a, g)
                 self.curvature[name] = diag / diag.mean().clamp_min(1e-12)
             else:
@@ -210,7 +210,7 @@ class FisherRegulariser(StepHooks):
         for name, layer in self.layers.items():
             theta = layer.weight if layer.bias is None else torch.cat([layer.weight, layer.bias.view(-1, 1)], 1)
             delta = theta - self.anchor[name]
-            if self.kind == "diag":
+            if self.structure == "diag":
                 total = total + (self.curvature[name] * delta.pow(2)).sum()
             else:
                 q_a, q_g, scales = self.curvature[name]
@@ -235,7 +235,7 @@ class FisherRegulariser(StepHooks):
             state = self.metric.states[name] if self.metric is not None else None
             if state is not None and state.ready:
                 delta = proximal_pull(delta, state, self.anchor_scales(name, state), lr, self.strength)
-            elif self.kind == "diag":
+            elif self.structure == "diag":
                 delta = delta / (1 + lr * self.strength * self.curvature[name])
             else:
                 q_a, q_g, scales = self.curvature[name]

@@ -35,12 +35,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..errors import NgfkitError
-from ..curvature.fisher import KFACState, with_bias_column
+from ..curvature.fisher import EXACT_FISHER_TYPES, KFACState, with_bias_column
 from ..metrics import predict
 from ..models import classifier_layer
 from ..defences.classifier_only import layer_matrix
 
-FISHER_KINDS = ("empirical", "true")
+FISHER_KINDS = EXACT_FISHER_TYPES  # the name this module has always exported
 
 
 def output_fisher(logits: Tensor, labels: Tensor, kind: str = "empirical") -> Tensor:
