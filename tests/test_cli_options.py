@@ -76,3 +76,47 @@ def test_shared_options_have_the_same_defaults_everywhere() -> None:
         assert (args.epochs, args.train_lr, args.clean_fraction, args.dataset) == (None, None, 0.01, "fashion-mnist")
         seed = None if argv == ["bench", "defences"] else 0  # it runs --seeds N; its --seed is only refused
         assert (args.device, args.seed, args.json, args.quiet) == ("auto", seed, None, False)
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    from ngfkit.version import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ngfkit {__version__}"
+
+
+def test_list_json_to_stdout_and_to_a_file(capsys: pytest.CaptureFixture, tmp_path, monkeypatch) -> None:
+    import json
+
+    assert main(["list", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    listing = json.loads(out)  # stdout holds the JSON alone; the table went to stderr
+    assert "ngf" in listing["defenses"] and "badnets" in listing["attacks"] and "attacks:" in err
+    monkeypatch.chdir(tmp_path)
+    assert main(["list", "--json", "l.json"]) == 0
+    assert json.loads((tmp_path / "l.json").read_text()) == listing
+
+
+def _actions(parser, prog: str = "ngfkit"):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if sub.prog.split()[-1] == name:  # aliases share the parser
+                    yield from _actions(sub, sub.prog)
+        else:
+            yield prog, action
+
+
+def test_every_option_says_its_default_and_bench_seed_is_hidden() -> None:
+    import argparse
+
+    for prog, action in _actions(build_parser()):
+        if (not action.option_strings or action.required or action.help == argparse.SUPPRESS
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._StoreTrueAction))):
+            continue
+        assert "default" in action.help, (prog, action.option_strings)
+    hidden = {prog for prog, action in _actions(build_parser())
+              if "--seed" in action.option_strings and action.help == argparse.SUPPRESS}
+    assert {"ngfkit bench defences", "ngfkit bench sharpness"} <= hidden  # they run --seeds N
