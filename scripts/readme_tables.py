@@ -18,6 +18,7 @@ from typing import Callable
 from ngfkit.bench.attacks import attack_table
 from ngfkit.bench.defences import defence_table, training_length_table
 from ngfkit.bench.sharpness import sharpness_table
+from ngfkit.bench.stability import stability_table
 from ngfkit.studies.reports import complete_attacks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "defences-cpu": lambda: first_table(defence_table(report("defences-fashion-mnist.json"))),
     "training-length": lambda: training_length_table([report(n) for n in LENGTHS]),
     "sharpness": lambda: sharpness_table(report("sharpness-fashion-mnist.json")),
+    "stability": lambda: stability_table(report("stability-fashion-mnist.json")),
 }
 
 

@@ -139,6 +139,7 @@ def stability_table(report: dict) -> str:
              "ASR % mean ± std": f"{fmt(r['asr_mean'])} ± {fmt(r['asr_std'])}",
              "ASR % min–max": f"{fmt(r['asr_min'])}–{fmt(r['asr_max'])}",
              "C-ACC cost max": fmt(r["acc_cost_max"]),
+             "seconds per run": fmt(r["seconds_mean"]),
              "reproducible": "yes" if r["floors"]["reproducible"] else "**no**",
              "effective": "yes" if r["floors"]["effective"] else "**no**"} for r in report["summary"]]
     return markdown_table(rows)
