@@ -172,7 +172,7 @@ def test_purify_runs_any_defence_with_its_own_options(small_fashion, cache):
     out = cache / "anp.safetensors"
     run("purify", "--model", str(model), "--data-root", str(small_fashion), "--defense", "anp",
         "--defense-param", "iterations=5", "--defense-param", "threshold=0.3", "--out", str(out),
-        "--json", str(cache / "anp.json"), "--quiet")
-    result = json.loads((cache / "anp.json").read_text())
+        "--json", str(cache / "anp-report.json"), "--quiet")
+    result = json.loads((cache / "anp-report.json").read_text())
     assert result["defense"] == "anp" and result["defense_history"]["config"]["iterations"] == 5
     assert out.is_file() and out.with_suffix(".json").is_file()

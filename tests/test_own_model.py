@@ -90,3 +90,13 @@ def test_an_explicit_layer_and_the_ambiguous_cases_are_one_line_errors():
     post_processed = nn.Sequential(MyCNN(), nn.Tanh())
     with pytest.raises(NgfkitError, match="none of the model's nn.Linear layers.*layer=NAME"):
         purify(post_processed, data, "ngf", device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("data, message", [
+    (TensorDataset(torch.rand(10, 1, 12, 12), torch.rand(10)), "clean_data's labels.*integer"),
+    (TensorDataset(torch.rand(10, 1, 12, 12), -torch.ones(10, dtype=torch.long)), "clean_data's labels.*0 or more"),
+])
+def test_a_malformed_clean_set_is_one_line_naming_the_argument(data, message):
+    with pytest.raises(NgfkitError, match=message) as info:
+        purify(MyCNN(), data, "ngf", device="cpu", progress=False)
+    assert "\n" not in str(info.value)

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .. import validation as check
+from ..batches import iterate_batches
 from ..errors import NgfkitError
 from ..models import named_classifier
 from ..registry import Registry
@@ -92,6 +94,8 @@ def purify(model: nn.Module, clean_data: Dataset, method: str = "ngf", *, device
     defence = DEFENCES.get(method)(**options)
     if len(clean_data) == 0:
         raise NgfkitError("the clean set is empty; give the defence at least a few clean images")
+    _, labels = next(iterate_batches(clean_data, 2))  # one clear line now, not a torch error mid-run
+    check.labels(labels, "clean_data's labels")
     start = time.perf_counter()
     model = named_classifier(model, clean_data, layer=layer, required=defence.needs_classifier)
     purified, history = defence.run(model, clean_data, device=resolve_device(device), progress=progress,

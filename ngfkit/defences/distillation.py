@@ -78,7 +78,7 @@ class NADConfig(FineTuneConfig):
         betas = (self.betas,) if isinstance(self.betas, (int, float)) else tuple(self.betas)
         if not betas:
             raise NgfkitError(f"nad betas must be one or more numbers >= 0, got {self.betas!r}")
-        self.betas = tuple(check.number(b, "every nad beta", low=0.0) for b in betas)
+        self.betas = tuple(check.number(b, "each of nad betas", low=0.0) for b in betas)
         if self.layers is not None:
             layers = self.layers.split(",") if isinstance(self.layers, str) else self.layers
             self.layers = tuple(str(name).strip() for name in layers)
