@@ -7,22 +7,18 @@ error line must hold. Every case stops before any training, so the table runs in
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import pickle
-import struct
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from defence_helpers import tiny_clean, tiny_model
 from errors_helper import one_line_error
-from ngfkit import data
+from fashion_helpers import isolate_user_data, write_fashion_mnist
 from ngfkit.attacks import create_attack
 from ngfkit.checkpoint import load_checkpoint, save_checkpoint
 from ngfkit.cli import main
@@ -38,28 +34,12 @@ TRAIN = TrainConfig().to_dict()
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No user data folder or cache is seen or written; everything happens inside tmp_path."""
-    monkeypatch.delenv("NGFKIT_DATA", raising=False)
-    monkeypatch.setenv("NGFKIT_CACHE", str(tmp_path / "cache"))
-    nowhere = tmp_path / "nowhere"
-    monkeypatch.setattr(data.locations, "SYSTEM_DATA_DIRS", {name: (nowhere / name,) for name in data.SYSTEM_DATA_DIRS})
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    payload = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.write_bytes(gzip.compress(payload))
+    return isolate_user_data(monkeypatch, tmp_path)
 
 
 def plant_fashion(root: Path) -> None:
     """A tiny Fashion-MNIST (20 train, 5 test images) under ``root/fmnist``."""
-    folder = root / "fmnist"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 20), ("t10k", 5)):
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 2051)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8), 2049)
+    write_fashion_mnist(root / "fmnist")
 
 
 def plant_model(path: Path, *, attack: bool = True, meta: dict | None = None, trigger: dict | None = None,

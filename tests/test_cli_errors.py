@@ -2,45 +2,26 @@
 ``ngfkit: error:`` line on stderr, and no output file."""
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from ngfkit import data
 from ngfkit.checkpoint import save_checkpoint
+from fashion_helpers import isolate_user_data, write_fashion_mnist
 from ngfkit.cli import main
 from ngfkit.models import build_model
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Nothing found in (or written to) the user's data folders or cache; run inside tmp_path."""
-    monkeypatch.delenv("NGFKIT_DATA", raising=False)
-    monkeypatch.setenv("NGFKIT_CACHE", str(tmp_path / "cache"))
-    nowhere = tmp_path / "nowhere"
-    monkeypatch.setattr(data.locations, "SYSTEM_DATA_DIRS", {name: (nowhere / name,) for name in data.SYSTEM_DATA_DIRS})
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    payload = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.write_bytes(gzip.compress(payload))
+    return isolate_user_data(monkeypatch, tmp_path)
 
 
 @pytest.fixture
 def fashion_root(tmp_path: Path) -> Path:
     """A tiny Fashion-MNIST (20 train, 5 test images) in the gzipped idx format."""
-    folder = tmp_path / "data" / "fashion-mnist"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 20), ("t10k", 5)):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 2051)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8), 2049)
+    write_fashion_mnist(tmp_path / "data" / "fashion-mnist")
     return tmp_path / "data"
 
 

@@ -8,16 +8,14 @@ defences on a 300-image Fashion-MNIST stand-in.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import random
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from errors_helper import one_line_error
+from fashion_helpers import write_fashion_mnist
 from ngfkit import data
 from ngfkit.bench import defences as bench
 from ngfkit.train import TrainConfig
@@ -26,22 +24,12 @@ from ngfkit.train import TrainConfig
 VARYING = ("seconds", "peak_mb")
 
 
-def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    payload = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.write_bytes(gzip.compress(payload))
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A data folder and a model cache shared by every run of the module (the backdoored model is
     trained once, by the reference run)."""
     root = tmp_path_factory.mktemp("resume")
-    folder = root / "data" / "fashion-mnist"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 300), ("t10k", 40)):
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 2051)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8), 2049)
+    write_fashion_mnist(root / "data" / "fashion-mnist", train=300, test=40)
     return {"root": root, "data": root / "data", "cache": root / "cache"}
 
 
