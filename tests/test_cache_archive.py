@@ -2,17 +2,15 @@
 and refuse every kind of bad archive in one line without touching the cache."""
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import io
 import json
 import tarfile
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from http_helpers import local_file_server
 import torch
 from safetensors.torch import save_file
 
@@ -34,25 +32,12 @@ def cache(tmp_path) -> Path:
     return root
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep the test output (and capsys) free of access lines
-        pass
-
-
 @pytest.fixture
 def server(tmp_path):
-    """A file server on 127.0.0.1 for tmp_path/www, stopped after the test (daemon thread, 10 s timeout)."""
+    """A file server for tmp_path/www on 127.0.0.1, stopped after the test."""
     www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(www))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.timeout = 10
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
+    with local_file_server(www) as url:
+        yield www, url
 
 
 def write_tar(path: Path, members: dict[str, bytes], manifest: dict | None = None, links: dict[str, str] = {}):

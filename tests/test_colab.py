@@ -3,18 +3,16 @@ release tag, Fashion-MNIST downloaded (from a mirror) when no local folder has i
 cache pulled. Every download comes from a local HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 import struct
 import subprocess
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from http_helpers import local_file_server
 
 import ngfkit.book as book
 from ngfkit.cache_archive import pack
@@ -27,23 +25,12 @@ from ngfkit.version import __version__
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server(tmp_path):
     """A file server for tmp_path/www on 127.0.0.1, stopped after the test."""
     www = tmp_path / "www"
-    www.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(www)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
+    with local_file_server(www) as url:
+        yield www, url
 
 
 @pytest.fixture
