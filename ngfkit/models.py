@@ -155,10 +155,7 @@ def find_classifier(model: nn.Module, clean_data: Dataset | None = None, *,
     linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
     name = layer or getattr(model, "classifier_name", None)
     if name is not None:
-        if not isinstance(modules.get(name), nn.Linear):
-            raise NgfkitError(f"layer {name!r} is not an nn.Linear of this model; its nn.Linear layers are: "
-                              f"{', '.join(linear) or 'none'}")
-        return name, modules[name]
+        return name, classifier_layer(model, name)
     if not linear:
         raise NgfkitError("the model has no nn.Linear layer, so no classifier to fine-tune; "
                           "pass layer=NAME naming its final linear layer")

@@ -74,3 +74,21 @@ def test_the_clean_data_rule_chooses_the_same_setting_on_one_and_two_threads():
     finally:
         torch.set_num_threads(before)
     assert chosen[0] == chosen[1]
+
+
+def test_the_stability_summary_scores_agreement_and_spread_against_the_floors():
+    from ngfkit.bench.stability import stability_table, summarise
+
+    def cell(defence, seed, threads, lr, asr, cost):
+        return {"defence": defence, "seed": seed, "threads": threads, "setting": {"lr": lr}, "asr": asr,
+                "acc_cost": cost, "seconds": 1.0}
+
+    report = {"cells": [cell("steady", s, t, 0.01, 1.0 + s, 1.0) for s in range(3) for t in (1, 2)]
+              + [cell("lucky", s, t, 0.01 if s else 0.1, 0.0 if s else 90.0, 1.5) for s in range(3) for t in (1, 2)]}
+    rows = {r["defence"]: r for r in summarise(report)}
+    assert rows["steady"]["same_setting_share"] == 1.0 and rows["steady"]["asr_spread"] == 2.0
+    assert rows["steady"]["floors"] == {"reproducible": True, "effective": True}
+    assert rows["lucky"]["same_setting_share"] == pytest.approx(4 / 6) and rows["lucky"]["asr_max"] == 90.0
+    assert rows["lucky"]["floors"] == {"reproducible": False, "effective": False}
+    report["summary"] = list(rows.values())
+    assert "**no**" in stability_table(report)

@@ -19,11 +19,11 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..defences import DEFENCES, FeatureCache, purify
+from ..defences import DEFENCES, FeatureCache
 from ..errors import NgfkitError
-from ..metrics import evaluate, evaluate_layer, predict
+from ..metrics import evaluate_layer, predict
 from ..models import classifier_layer
-from ..pipeline import Experiment, load_or_train, load_splits
+from ..pipeline import Experiment, load_or_train, load_splits, run_defence
 from ..train import TrainConfig
 from ..utils import versions, write_json
 from .attacks import load_previous_report
@@ -77,12 +77,11 @@ def bench_stability(dataset: str = "fashion-mnist", attack: str = "badnets", def
     try:
         for defence, seed, count in todo:
             torch.set_num_threads(count)
-            tic = time.perf_counter()
-            purified, history = purify(model, splits.clean, defence, device=device, progress=False,
-                                       features=FeatureCache(), **{"seed": seed, **defence_options.get(defence, {})})
-            seconds = time.perf_counter() - tic
-            after = (evaluate_layer(classifier_layer(purified), kept) if history["changed"] == "head"
-                     else evaluate(purified, splits.test, trigger, device=device))
+            result = run_defence(model, trigger, splits, defence, device=device, progress=False, before=before,
+                                 test_predictions=kept, features=FeatureCache(),
+                                 **{"seed": seed, **defence_options.get(defence, {})})
+            history, after = result["history"], result["after"]
+            seconds = history["seconds"]  # the defence's own time, not the scoring after it
             report["cells"].append({"defence": defence, "seed": seed, "threads": count, "setting": history["setting"],
                                     **after, "acc_cost": before["acc"] - after["acc"], "seconds": seconds,
                                     "budget_met": history.get("selection", {}).get("budget_met")})

@@ -160,6 +160,14 @@ class FeatureCache:
         return self._entries[key][1]
 
 
+def features_of(model: nn.Module, layer: nn.Module, dataset: Dataset, cache: FeatureCache | None,
+                **options) -> FeatureDataset:
+    """:func:`cache_features` of these arguments, read from ``cache`` when one is given."""
+    if cache is not None:
+        return cache.features(model, layer, dataset, **options)
+    return cache_features(model, layer, dataset, **options)
+
+
 class HeadDefence(Defence):
     """Base of the defences that train the classifier alone, on cached features of the clean set.
 
@@ -180,11 +188,8 @@ class HeadDefence(Defence):
     def head_features(self, model: nn.Module, clean_data: Dataset, *, device: torch.device,
                       features: FeatureCache | None = None) -> FeatureDataset:
         """The classifier's inputs on ``clean_data`` and ``augment`` views of each (view 0 unaugmented)."""
-        head = classifier_layer(model)
-        options = dict(views=self.config.augment, seed=self.config.seed, device=device)
-        if features is not None:
-            return features.features(model, head, clean_data, **options)
-        return cache_features(model, head, clean_data, **options)
+        return features_of(model, classifier_layer(model), clean_data, features, views=self.config.augment,
+                           seed=self.config.seed, device=device)
 
     def fit_heads(self, data: FeatureDataset, head: nn.Linear, values: Sequence, *,
                   on_step: OnStep | None = None) -> list[Tensor]:

@@ -37,7 +37,7 @@ from ..errors import NgfkitError
 from ..models import find_classifier
 from ..train import CombinedHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence
-from .classifier_only import FeatureCache, cache_features
+from .classifier_only import FeatureCache, features_of
 from .feature_shift import FeatureShift
 from .natural_gradient import NaturalGradient
 
@@ -101,9 +101,7 @@ class NGFShift(Defence):
         cfg = self.config
         model = copy.deepcopy(model).to(device).eval()
         entry, tail = last_block(model)
-        options = dict(views=cfg.augment, seed=cfg.seed, device=device)
-        data = (features.features(model, entry, clean_data, **options) if features is not None
-                else cache_features(model, entry, clean_data, **options))
+        data = features_of(model, entry, clean_data, features, views=cfg.augment, seed=cfg.seed, device=device)
         teacher = copy.deepcopy(tail).eval()
         head = tail[-1]
         original = head.weight.detach().clone()
