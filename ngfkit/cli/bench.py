@@ -24,6 +24,15 @@ def _refuse_seed(args: argparse.Namespace, command: str, alternative: str = "") 
         raise NgfkitError(f"bench {command} does not take --seed: it runs seeds 0..N-1 with --seeds N{alternative}")
 
 
+def _shared(args: argparse.Namespace) -> dict:
+    """The keyword arguments every bench command passes on the same way: the defender's clean share, the
+    device, progress, the JSON report (resumed from) and where the data is."""
+    from ..utils import resolve_device
+
+    return dict(clean_fraction=args.clean_fraction, device=resolve_device(args.device), progress=not args.quiet,
+                json_path=args.json, data_root=args.data_root, download=args.download)
+
+
 def attacks_options(parser: argparse.ArgumentParser) -> None:
     options.model_options(parser)
     parser.add_argument("--attacks", default="all", help=_ATTACKS_HELP)
@@ -33,12 +42,9 @@ def attacks_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_attacks(args: argparse.Namespace) -> dict:
     from ..bench.attacks import attack_table, bench_attacks
-    from ..utils import resolve_device
 
     report = bench_attacks(args.dataset, args.arch, args.attacks, seed=args.seed, train=options.train_config(args),
-                           clean_fraction=args.clean_fraction, device=resolve_device(args.device),
-                           progress=not args.quiet, json_path=args.json, data_root=args.data_root,
-                           download=args.download)
+                           **_shared(args))
     print(attack_table(report))
     return report
 
@@ -84,15 +90,12 @@ def _show_defence_report(report: dict, settings: Sequence[str], figure: str | No
 
 def cmd_defences(args: argparse.Namespace) -> dict:
     from ..bench.defences import bench_defences
-    from ..utils import resolve_device
 
     _refuse_seed(args, "defences")
     settings = comma_separated(args.settings)
     report = bench_defences(args.dataset, args.arch, args.attacks, args.defences, seeds=args.seeds,
                             acc_budget=args.acc_budget, holdout=args.holdout, settings=settings,
-                            train=options.train_config(args), clean_fraction=args.clean_fraction,
-                            device=resolve_device(args.device), progress=not args.quiet, json_path=args.json,
-                            data_root=args.data_root, download=args.download,
+                            train=options.train_config(args), **_shared(args),
                             defence_options=options.named_key_values(args.defence_param))
     _show_defence_report(report, settings, args.figure)
     return report
@@ -116,14 +119,11 @@ def stability_options(parser: argparse.ArgumentParser) -> None:
 def cmd_stability(args: argparse.Namespace) -> dict:
     from ..bench.stability import bench_stability, stability_table
     from ..defences import DEFENCES
-    from ..utils import resolve_device
 
     report = bench_stability(args.dataset, args.attack, DEFENCES.parse_names(args.defences, option="--defences"),
                              seeds=list(range(args.seeds)), threads=options.int_list(args.threads, "--threads"),
                              model_seed=args.model_seed, arch=args.arch, train=options.train_config(args),
-                             clean_fraction=args.clean_fraction, device=resolve_device(args.device),
-                             progress=not args.quiet, json_path=args.json, data_root=args.data_root,
-                             download=args.download, defence_options=options.named_key_values(args.defence_param))
+                             **_shared(args), defence_options=options.named_key_values(args.defence_param))
     print(stability_table(report))
     return report
 
@@ -148,7 +148,6 @@ def sharpness_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_sharpness(args: argparse.Namespace) -> dict:
     from ..bench.sharpness import bench_sharpness, sharpness_table
-    from ..utils import resolve_device
 
     _refuse_seed(args, "sharpness", " or the seeds of --seed-list S,...")
     epochs = options.int_list(args.epochs, "--epochs")
@@ -156,9 +155,7 @@ def cmd_sharpness(args: argparse.Namespace) -> dict:
     report = bench_sharpness(args.dataset, args.arch, comma_separated(args.kinds),
                              epochs=epochs, seeds=seeds, train_lr=args.train_lr, samples=args.samples,
                              probes=args.probes, purify_with=None if args.no_purify else "ngf",
-                             clean_fraction=args.clean_fraction, device=resolve_device(args.device),
-                             progress=not args.quiet, json_path=args.json, data_root=args.data_root,
-                             download=args.download)
+                             **_shared(args))
     print(sharpness_table(report))
     return report
 
