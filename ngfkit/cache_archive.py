@@ -12,6 +12,10 @@ packed into one archive, and that archive pulled back into a reader's cache.
   checks out are the files moved into the cache, each with an atomic rename; a refused archive
   leaves the cache as it was and says why in one line.
 
+* :func:`release_archive` names the archive published with this release: the book workflow
+  packs the cache its build used and attaches it, with a ``.sha256`` file, to the release of
+  the tag (``ngfkit cache pull`` with no URL, and the chapters in Colab, pull that one).
+
 Nothing here unpickles anything: safetensors and JSON are data, which is why only they are let in.
 """
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import NgfkitError
 from .utils import atomic_path, cache_dir
-from .version import __version__
+from .version import REPOSITORY, RELEASE_TAG, __version__
 
 FORMAT = "ngfkit-cache"
 FORMAT_VERSION = 1
@@ -45,6 +49,10 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: refuse a download (or an unpacked total) larger than this: the book's cache is a few tens of MB
 MAX_BYTES = 4 << 30
 CHUNK = 1 << 20
+#: the release asset's file name (beside it: the same name + ``.sha256``, in sha256sum's format)
+RELEASE_ASSET = "ngfkit-cache.tar.gz"
+#: replaces :func:`release_url` (a fork's releases, or a local mirror in tests)
+RELEASE_ENV = "NGFKIT_RELEASE_URL"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -244,3 +252,36 @@ def pull(url: str, sha256: str, cache: str | Path | None = None, timeout: float 
         return paths
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def release_url() -> str:
+    """Where this release's assets are downloaded from (``$NGFKIT_RELEASE_URL`` replaces it)."""
+    return (os.environ.get(RELEASE_ENV) or f"{REPOSITORY}/releases/download/{RELEASE_TAG}").rstrip("/")
+
+
+def release_archive(timeout: float = 60.0) -> tuple[str, str] | None:
+    """``(url, sha256)`` of the readers' archive published with this release, or ``None`` when
+    the release has none (HTTP 404: not published yet, or a development version).
+
+    The sha256 comes from the release's ``.sha256`` asset; :func:`pull` then checks the archive
+    against it and every member against the archive's manifest, so a changed or corrupted
+    archive is refused before anything is unpacked.
+    """
+    url = f"{release_url()}/{RELEASE_ASSET}"
+    try:
+        with urllib.request.urlopen(f"{url}.sha256", timeout=timeout) as response:
+            text = response.read(4096).decode("ascii", "replace")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise NgfkitError(f"downloading {url}.sha256 failed (HTTP {exc.code}); try again later, or pass the "
+                          "archive's URL and --sha256 yourself") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise NgfkitError(f"downloading {url}.sha256 failed ({type(exc).__name__}: {reason}); check the network "
+                          "connection") from None
+    words = text.split()
+    if not words or not SHA256.match(words[0].lower()):
+        raise NgfkitError(f"{url}.sha256 does not start with a sha256 (64 hexadecimal digits); the release's "
+                          "assets are damaged, ask its publisher")
+    return url, words[0].lower()

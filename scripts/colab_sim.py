@@ -11,7 +11,8 @@ What it builds, under ``_build/colab-sim/`` (removed and rebuilt each run):
 * one HTTP server on 127.0.0.1 (a thread of this script, stopped at the end) serving
   Fashion-MNIST's four .gz files (``$NGFKIT_FASHION_MNIST_MIRROR``), the repository's files at
   the tag (``$NGFKIT_ASSETS_URL``: results/, book/) and, when this machine's ngfkit cache has
-  models, the readers' cache archive (``$NGFKIT_CACHE_ARCHIVE``); every request is logged as
+  models, the readers' cache archive (as a release asset with its ``.sha256``, the route a reader's
+  Colab takes: ``$NGFKIT_RELEASE_URL``); every request is logged as
   ``mirror: GET ...``;
 * no Debian folder (``NGFKIT_SYSTEM_DATA=off``), no ``NGFKIT_DATA``, an empty ngfkit cache, and
   an empty working directory as Colab's /content.
@@ -34,8 +35,8 @@ import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ngfkit.book import RELEASE_TAG, REPOSITORY
-from ngfkit.cache_archive import cache_files, pack
+from ngfkit.version import RELEASE_TAG, REPOSITORY
+from ngfkit.cache_archive import RELEASE_ASSET, cache_files, pack
 from ngfkit.data.fashion_mnist import DEBIAN_DIR
 from ngfkit.utils import cache_dir
 
@@ -129,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(gz, www / "fashion-mnist" / gz.name)
     archive = None
     if cache_files():
-        archive = pack(www / "cache.tar.gz", cache_dir())
+        (www / "release").mkdir()
+        archive = pack(www / "release" / RELEASE_ASSET, cache_dir())
+        (www / "release" / f"{RELEASE_ASSET}.sha256").write_text(f"{archive['sha256']}  {RELEASE_ASSET}\n")
         log(f"serving this machine's cache as the readers' archive: {len(archive['files'])} files")
     python = make_venv(WORK / "venv")
     httpd, thread = serve(www)
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.{repo.as_uri()}.insteadOf", "GIT_CONFIG_VALUE_0": REPOSITORY,
     })
     if archive:
-        env["NGFKIT_CACHE_ARCHIVE"] = f"{base}/cache.tar.gz {archive['sha256']}"
+        env["NGFKIT_RELEASE_URL"] = f"{base}/release"
     failed = []
     try:
         run([python, "-c", "import ipywidgets, google.colab, torch; from ngfkit.data.locations import candidate_dirs; "

@@ -162,3 +162,33 @@ def test_cli_pack_and_pull(cache, server, tmp_path, capsys):
     assert main(["cache", "pull", f"{base}/c.tar.gz", "--sha256", "f" * 64, "--cache", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ngfkit: error: refused the cache archive") and "\n" not in err
+
+
+def test_cli_pull_without_a_url_takes_the_release_asset(cache, server, tmp_path, monkeypatch, capsys):
+    from ngfkit.cache_archive import RELEASE_ASSET, RELEASE_ENV, release_archive, release_url
+    from ngfkit.cli import main
+    from ngfkit.version import RELEASE_TAG
+
+    www, base = server
+    monkeypatch.delenv(RELEASE_ENV, raising=False)
+    assert release_url().endswith(f"/releases/download/{RELEASE_TAG}")
+    monkeypatch.setenv(RELEASE_ENV, f"{base}/release")
+    (www / "release").mkdir(parents=True)
+    assert release_archive() is None  # a release without the asset (404)
+    assert main(["cache", "pull", "--cache", str(tmp_path / "none")]) == 2
+    assert "has no readers' cache archive" in capsys.readouterr().err
+    digest = pack(www / "release" / RELEASE_ASSET, cache)["sha256"]
+    (www / "release" / f"{RELEASE_ASSET}.sha256").write_text(f"{digest}  {RELEASE_ASSET}\n")
+    assert release_archive() == (f"{base}/release/{RELEASE_ASSET}", digest)
+    assert main(["cache", "pull", "--cache", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "models" / "m-abc.safetensors").is_file()
+    # the asset swapped for another archive under the old checksum: refused before unpacking
+    (www / "release" / RELEASE_ASSET).write_bytes(b"not the packed archive")
+    assert main(["cache", "pull", "--cache", str(tmp_path / "t")]) == 2
+    assert "changed or corrupted" in capsys.readouterr().err
+    assert not (tmp_path / "t" / "models").exists()
+    (www / "release" / f"{RELEASE_ASSET}.sha256").write_text("<html>not found</html>")
+    with pytest.raises(NgfkitError, match="does not start with a sha256"):
+        release_archive()
+    assert main(["cache", "pull", f"{base}/release/{RELEASE_ASSET}", "--cache", str(tmp_path / "u")]) == 2
+    assert "--sha256 is required with a URL" in capsys.readouterr().err

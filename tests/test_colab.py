@@ -100,15 +100,51 @@ def test_assets_and_reports_come_from_the_release(fresh_machine, server, monkeyp
         book.fetch_assets("images/missing.svg")
 
 
-def test_the_readers_cache_is_pulled_once(fresh_machine, server, monkeypatch, tmp_path):
+def test_the_readers_cache_is_pulled_once(fresh_machine, server, monkeypatch, tmp_path, capsys):
+    from ngfkit.cache_archive import RELEASE_ASSET, RELEASE_ENV
+
     www, base = server
     source = tmp_path / "source"
     (source / "models").mkdir(parents=True)
     (source / "models" / "m.json").write_text("{}")
-    digest = pack(www / "cache.tar.gz", source)["sha256"]
-    monkeypatch.setenv(book.CACHE_ARCHIVE_ENV, f"{base}/cache.tar.gz {digest}")
+    monkeypatch.setenv(RELEASE_ENV, f"{base}/release")
+    monkeypatch.delenv(book.CACHE_ARCHIVE_ENV, raising=False)
+    (www / "release").mkdir(parents=True)
+    assert book.pull_reader_cache() == []  # the release has no archive: a notice, then training
+    assert "has no readers' cache archive" in capsys.readouterr().out
+    digest = pack(www / "release" / RELEASE_ASSET, source)["sha256"]
+    (www / "release" / f"{RELEASE_ASSET}.sha256").write_text(f"{digest}  {RELEASE_ASSET}\n")
     assert [p.name for p in book.pull_reader_cache()] == ["m.json"]
     assert book.pull_reader_cache() == []  # remembered
+    other = tmp_path / "other.tar.gz"
+    (source / "models" / "n.json").write_text("{}")
+    monkeypatch.setenv(book.CACHE_ARCHIVE_ENV, f"{other.as_uri()} {pack(other, source)['sha256']}")
+    assert sorted(p.name for p in book.pull_reader_cache()) == ["m.json", "n.json"]  # a named archive wins
     monkeypatch.setenv(book.CACHE_ARCHIVE_ENV, "just-a-url")
     with pytest.raises(NgfkitError, match="URL SHA256"):
         book.pull_reader_cache()
+
+
+def test_glued_findings_are_printed_outside_the_built_book(monkeypatch, capsys):
+    monkeypatch.delenv(book.BUILD_ENV, raising=False)
+    book.glue("asr_after", "0.0")
+    assert "asr_after: 0.0" in capsys.readouterr().out
+    monkeypatch.setenv(book.BUILD_ENV, "1")  # what the Sphinx extension sets for the build's kernels
+    book.glue("asr_after", "0.0")
+    assert "asr_after" not in capsys.readouterr().out
+
+
+def test_the_sphinx_extension_marks_the_build(monkeypatch, tmp_path):
+    class App:
+        confdir = str(tmp_path)
+
+        def add_js_file(self, name):
+            pass
+
+        def connect(self, event, handler):
+            pass
+
+    monkeypatch.delenv(book.BUILD_ENV, raising=False)
+    book.setup(App())
+    import os
+    assert os.environ[book.BUILD_ENV] == "1"

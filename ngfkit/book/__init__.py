@@ -17,19 +17,18 @@ from pathlib import Path
 import torch
 
 from ..utils import resolve_device
-from ..version import __version__
+from ..version import REPOSITORY, RELEASE_TAG
 
 RENDERER = "ngfkit_book"
-REPOSITORY = "https://github.com/ngfkit/ngfkit"
-#: the git tag of this release: the published book is built from it, and every chapter's Colab
-#: cell installs it and fetches the files the chapter reads from it
-RELEASE_TAG = f"v{__version__}"
 #: replaces :func:`assets_url` (a fork, or the local mirror of the offline Colab simulation)
 ASSETS_ENV = "NGFKIT_ASSETS_URL"
-#: the readers' cache archive of this release, ``"URL SHA256"`` (``ngfkit cache pack``, uploaded
-#: as a release asset); empty until one is published. ``$NGFKIT_CACHE_ARCHIVE`` replaces it.
-CACHE_ARCHIVE = ""
+#: ``"URL SHA256"`` of a readers' cache archive other than this release's own (a fork's, a
+#: mirror's); by default the one the release workflow attached to :data:`RELEASE_TAG` is pulled
+#: (:func:`ngfkit.cache_archive.release_archive`)
 CACHE_ARCHIVE_ENV = "NGFKIT_CACHE_ARCHIVE"
+#: set by the Sphinx extension, so that a chapter executed for the built book (whose kernels
+#: inherit the build's environment) knows that its glued numbers appear in the prose
+BUILD_ENV = "NGFKIT_BOOK_BUILD"
 
 
 def in_colab() -> bool:
@@ -58,7 +57,8 @@ def setup_notebook(device: str | torch.device = "auto") -> torch.device:
     * data: a dataset missing from every local folder is downloaded, with a printed notice
       (a reader in a notebook has no ``--download`` to pass; the CLI still asks for it);
     * in Colab, the readers' cache of trained models and learned triggers is pulled once
-      (:data:`CACHE_ARCHIVE`, sha256-checked), so a chapter does not retrain them each session.
+      (this release's asset, sha256-checked; :func:`pull_reader_cache`), so a chapter does not
+      retrain them each session.
     """
     import plotly.io as pio
 
@@ -113,19 +113,22 @@ def fetch_assets(*paths: str) -> list[Path]:
 
 
 def pull_reader_cache() -> list[Path]:
-    """Pull :data:`CACHE_ARCHIVE` (or ``$NGFKIT_CACHE_ARCHIVE``: ``"URL SHA256"``) into the ngfkit
-    cache, once per cache (a marker file remembers it); nothing when none is configured."""
+    """Pull the readers' cache archive into the ngfkit cache, once per archive (a marker file
+    remembers it): ``$NGFKIT_CACHE_ARCHIVE`` (``"URL SHA256"``) when set, else the archive of
+    :data:`RELEASE_TAG`. A release without one gets a notice, and the chapter trains what it needs."""
+    from ..cache_archive import pull, release_archive
     from ..errors import NgfkitError
     from ..utils import cache_dir
 
-    spec = os.environ.get(CACHE_ARCHIVE_ENV, CACHE_ARCHIVE).split()
-    if not spec:
-        return []
-    if len(spec) != 2:
+    spec = os.environ.get(CACHE_ARCHIVE_ENV, "").split()
+    if spec and len(spec) != 2:
         raise NgfkitError(f"${CACHE_ARCHIVE_ENV} must be 'URL SHA256' (two words), not {' '.join(spec)!r}")
-    from ..cache_archive import pull
-
-    url, sha256 = spec
+    found = tuple(spec) if spec else release_archive()
+    if found is None:
+        print(f"ngfkit: release {RELEASE_TAG} has no readers' cache archive; the models and triggers this "
+              "chapter needs are trained now (a GPU runtime makes that much faster)", flush=True)
+        return []
+    url, sha256 = found
     marker = cache_dir() / f".pulled-{sha256.lower()[:16]}"
     if marker.is_file():
         return []
@@ -158,6 +161,20 @@ def figure_bundle(fig) -> dict:
         if hasattr(renderer, "to_mimebundle"):
             bundle.update(renderer.to_mimebundle(fig_dict))
     return bundle
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """``myst_nb.glue`` for a number or word that the prose quotes (``{glue:text}`name```).
+
+    Only the built book replaces those placeholders; run anywhere else (Colab, Jupyter,
+    papermill), the chapter also prints ``name: value`` in the cell's output, so a reader sees
+    the finding that the prose below it quotes.
+    """
+    from myst_nb import glue as myst_glue
+
+    myst_glue(name, value, display=display)
+    if not display and not os.environ.get(BUILD_ENV):
+        print(f"{name}: {value}")
 
 
 def glue_figure(name: str, fig, display: bool = True) -> None:
@@ -219,6 +236,7 @@ def setup(app):
     replaces the CDN one.
     """
     app.add_js_file("plotly.min.js")
+    os.environ[BUILD_ENV] = "1"
 
     def use_local_assets(app, config):
         if local_widget_manager(app.confdir).is_file():
