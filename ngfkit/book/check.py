@@ -1,6 +1,6 @@
 """Check the built book in headless Chromium: every chapter page loads, every plotly figure is
-drawn, every embedded widget renders, formulas are typeset, no cell shows a traceback, and every
-local link resolves.
+drawn, every embedded widget renders, formulas are typeset, every glued number is substituted, no
+cell shows a traceback, and every local link resolves.
 A screenshot of each chapter goes to ``<build>/screenshots/`` (CI keeps them as artifacts).
 
 Usage: python -m ngfkit.book.check [_build/html] [--toc _toc.yml] [--browser chromium]
@@ -101,6 +101,8 @@ def check_page(name: str, html_root: Path, browser: str, shots: Path) -> tuple[l
         problems.append(f"{name}: {scan.widget_views} embedded widgets, none rendered")
     if 'class="math notranslate' in dom and "<mjx-container" not in dom:
         problems.append(f"{name}: the page has formulas but MathJax typeset none")
+    if "{glue:" in dom:  # a glue role MyST left as text (inside inline code, or a typo)
+        problems.append(f"{name}: the prose shows a raw {{glue:...}} role instead of its value")
     if "Traceback (most recent call last)" in dom or re.search(r'class="[^"]*\bcell_output\b[^"]*"[^>]*>\s*'
                                                                 r'<div[^>]*class="[^"]*\berror\b', dom):
         problems.append(f"{name}: a cell shows a traceback")
