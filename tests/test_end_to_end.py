@@ -39,6 +39,18 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def bench_models(tmp_path_factory):
+    """One model cache for the bench tests, so that they train their 2-epoch models once."""
+    return tmp_path_factory.mktemp("bench-models")
+
+
+@pytest.fixture
+def bench_cache(bench_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("NGFKIT_CACHE", str(bench_models))
+    return tmp_path
+
+
 def run(*argv: str) -> None:
     assert main(list(argv)) == 0
 
@@ -132,7 +144,8 @@ def test_attack_table_marks_missed_goals():
     assert "| met |" in table[-1]
 
 
-def test_bench_defences_reports_every_cell_resumes_and_reruns_a_lost_cell_identically(small_fashion, cache):
+def test_bench_defences_reports_every_cell_resumes_and_reruns_a_lost_cell_identically(small_fashion, bench_cache):
+    cache = bench_cache
     out, figure = cache / "defences.json", cache / "scatter.html"
     args = ["bench", "defences", "--attacks", "badnets", "--defenses", "ngf,ft-last,fp", "--data-root",
             str(small_fashion), "--epochs", "2", "--clean-fraction", "0.1", "--json", str(out), "--quiet",
@@ -163,6 +176,31 @@ def test_bench_defences_reports_every_cell_resumes_and_reruns_a_lost_cell_identi
     redone = next(c for c in again["cells"] if (c["defense"], c["setting"]) == (lost["defense"], lost["setting"]))
     for key in ("acc", "asr", "ra"):
         assert redone[key] == lost[key]
+
+
+def test_bench_defences_measures_whether_the_purification_lasts(small_fashion, bench_cache, capsys):
+    cache = bench_cache
+    from ngfkit.bench.defences import reactivation_table
+
+    out = cache / "lasting.json"
+    args = ["bench", "defences", "--attacks", "badnets", "--defenses", "ft-last", "--settings", "authors",
+            "--data-root", str(small_fashion), "--epochs", "2", "--clean-fraction", "0.1", "--json", str(out),
+            "--quiet", "--defense-param", "ft-last.steps=50", "--reactivation"]
+    run(*args)
+    report = json.loads(out.read_text())
+    assert report["reactivation"]["poisoned"] == 10 and report["reactivation"]["test_images"] == 2000
+    (cell,), (before,), (reference,) = report["cells"], report["before"], report["reactivation_reference"]
+    for row in (cell["reactivation"], before["reactivation"], reference):
+        assert {"asr_before", "asr_after", "climb", "acc_after"} <= set(row)
+        assert row["climb"] == pytest.approx(row["asr_after"] - row["asr_before"])
+    assert before["reactivation"]["asr_before"] >= 90  # the backdoored model, before its re-tuning
+    assert reference["seed"] == 0 and reference["asr_before"] < 20  # the clean twin has no backdoor yet
+    assert report["summary"][0]["reactivated_asr"] == pytest.approx(cell["reactivation"]["asr_after"])
+    table = reactivation_table(report, "authors")
+    assert "| badnets |" in table and "10 poisoned + 90 clean" in table
+    # a resume that would mix reports with and without the measurement is refused
+    assert main(args[:-1]) == 2
+    assert "reactivation" in capsys.readouterr().err
 
 
 def test_purify_runs_any_defence_with_its_own_options(small_fashion, cache):

@@ -27,7 +27,9 @@ from ..defences.selection import select_and_purify
 from ..errors import NgfkitError
 from ..metrics import defence_effectiveness_rating, evaluate, evaluate_layer, mean_std, predict
 from ..models import classifier_layer
-from ..pipeline import PURIFIED_NOT_FINITE, Experiment, load_or_train, load_splits
+from ..pipeline import PURIFIED_NOT_FINITE, Experiment, clean_reference, load_or_train, load_splits
+from ..studies.reactivation import DEFAULTS as REACTIVATION_DEFAULTS, reactivate
+from ..studies.trajectory import fixed_subset
 from .. import validation as check
 from ..train import TrainConfig
 from ..utils import PeakMemory, versions, write_json
@@ -47,7 +49,8 @@ ROWS = {"cells": CELL_FIELDS, "before": BEFORE_FIELDS}
 def _settings_of(report: dict) -> dict:
     """Everything that decides a cell's numbers besides its (attack, defence, seed, setting): a
     resume or a merge with other values would mix two benchmarks under one set of options."""
-    settings = {k: report.get(k) for k in ("dataset", "arch", "acc_budget", "holdout", "clean_fraction", "train")}
+    settings = {k: report.get(k) for k in ("dataset", "arch", "acc_budget", "holdout", "clean_fraction", "train",
+                                           "reactivation")}
     settings["defence_options"] = json.loads(json.dumps(report.get("defence_options") or {}))
     return settings
 
@@ -57,7 +60,8 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
                    holdout: float = 0.2, settings: Sequence[str] = SETTINGS, train: TrainConfig | None = None,
                    clean_fraction: float = 0.01, device: torch.device | str = "cpu", progress: bool = True,
                    json_path: str | Path | None = None, data_root=None, download: bool = False,
-                   defence_options: dict[str, dict] | None = None) -> dict[str, Any]:
+                   defence_options: dict[str, dict] | None = None,
+                   reactivation: bool | dict = False) -> dict[str, Any]:
     """Run every (attack, defence, seed, setting) cell not yet in ``json_path``; return the report.
 
     The report is ``{"dataset", "arch", "cells": [{"attack", "defense", "seed", "setting", "acc",
@@ -81,10 +85,18 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
     for name, options in defence_options.items():
         _split_grid(name, options)  # bad options fail now, not after an hour of cells
     train = train or TrainConfig()
+    retune = None
+    if reactivation:
+        retune = {**REACTIVATION_DEFAULTS, **(reactivation if isinstance(reactivation, dict) else {})}
+        unknown = sorted(set(retune) - set(REACTIVATION_DEFAULTS))
+        if unknown:
+            raise NgfkitError(f"reactivation has no option {unknown[0]!r}; its options are "
+                              f"{', '.join(REACTIVATION_DEFAULTS)}")
+        retune["test_images"] = REACTIVATION_TEST
     start = time.perf_counter()
     report: dict[str, Any] = {"dataset": dataset, "arch": None, "acc_budget": acc_budget, "holdout": holdout,
                               "clean_fraction": clean_fraction, "train": train.to_dict(),
-                              "defence_options": defence_options}
+                              "defence_options": defence_options, "reactivation": retune}
     first = Experiment(dataset=dataset, arch=arch, attack=attack_names[0], clean_fraction=clean_fraction,
                        seed=seed_list[0], train=train)
     report["arch"] = first.arch
@@ -92,6 +104,8 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
     report.update({"cells": [], "before": [], "seeds": seed_list, "device": str(device), "versions": versions()})
     if previous:
         report["cells"], report["before"] = previous.get("cells", []), previous.get("before", [])
+    if retune:
+        report["reactivation_reference"] = (previous or {}).get("reactivation_reference", [])
     done = {(c["attack"], c["defense"], c["seed"], c["setting"]) for c in report["cells"]}
 
     def save() -> None:
@@ -114,8 +128,17 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
             test_inputs = predict(model, splits.test, attack=attack, device=device,
                                   keep_inputs_of=classifier_layer(model))
             before = evaluate_layer(classifier_layer(model), test_inputs)
+            if retune:
+                retune_test = fixed_subset(splits.test, retune["test_images"], seed)
+                if not any(r["seed"] == seed for r in report["reactivation_reference"]):
+                    benign = load_or_train(clean_reference(exp), splits, device=device, progress=progress).model
+                    report["reactivation_reference"].append(
+                        {"seed": seed, **_retuned(benign, attack, splits, retune_test, retune, seed, device)})
             if not any(b["attack"] == attack_name and b["seed"] == seed for b in report["before"]):
-                report["before"].append({"attack": attack_name, "seed": seed, **before})
+                row = {"attack": attack_name, "seed": seed, **before}
+                if retune:
+                    row["reactivation"] = _retuned(model, attack, splits, retune_test, retune, seed, device)
+                report["before"].append(row)
             for defence_name, setting in todo:
                 options, grid = _split_grid(defence_name, defence_options.get(defence_name, {}))
                 with PeakMemory(device) as memory:
@@ -138,6 +161,8 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
                         **after, "der": 100.0 * defence_effectiveness_rating(before, after),
                         "acc_drop": before["acc"] - after["acc"], "seconds": seconds, "peak_mb": memory.peak_mb,
                         "choice": _choice(history)}
+                if retune:
+                    cell["reactivation"] = _retuned(purified, attack, splits, retune_test, retune, seed, device)
                 report["cells"].append(cell)
                 save()
                 if progress:
@@ -146,6 +171,19 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
                                f"{seconds:6.1f} s  {memory.peak_mb:6.0f} MiB")
     save()
     return report
+
+
+#: test images the reactivation is measured on (a fixed random subset per seed: two evaluations per model)
+REACTIVATION_TEST = 2000
+
+
+def _retuned(model, attack, splits, test, options: dict, seed: int, device) -> dict:
+    """The reactivation row of one model: its ASR before and after the re-tuning, the climb, the
+    clean accuracy after it."""
+    kwargs = {k: v for k, v in options.items() if k != "test_images"}
+    result = reactivate(model, attack, splits.clean, test, seed=seed, device=device, **kwargs)
+    return {"asr_before": result["before"]["asr"], "asr_after": result["after"]["asr"],
+            "climb": result["asr_climb"], "acc_after": result["after"]["acc"], "seconds": result["seconds"]}
 
 
 def _split_grid(name: str, options: dict) -> tuple[dict, tuple | None]:
@@ -184,8 +222,40 @@ def summarise(report: dict) -> list[dict]:
         for field in ("acc", "acc_drop", "asr", "ra", "der", "seconds", "peak_mb"):
             # a missing value (peak memory that could not be measured) is left out, not counted as 0
             row[field], row[f"{field}_std"] = mean_std([c[field] for c in cells if c.get(field) is not None])
+        retuned = [c["reactivation"]["asr_after"] for c in cells if c.get("reactivation")]
+        if retuned:
+            row["reactivated_asr"], row["reactivated_asr_std"] = mean_std(retuned)
         rows.append(row)
     return rows
+
+
+def reactivation_table(report: dict, setting: str = "selected") -> str:
+    """Markdown: per attack, the ASR right after each defence and after the re-tuning on a few
+    poisoned images (``before → after``), beside the backdoored model's and the clean model's."""
+    if not report.get("reactivation"):
+        raise NgfkitError("the report has no reactivation measurement; run bench defences with --reactivation")
+    protocol = report["reactivation"]
+    cells = [c for c in report["cells"] if c["setting"] == setting and c.get("reactivation")]
+    defences = list(dict.fromkeys(c["defense"] for c in cells))
+    attacks = [a for a in PAPER_ATTACKS if any(c["attack"] == a for c in cells)]
+
+    def pair(rows: list[dict]) -> str:
+        if not rows:
+            return "–"
+        return (f"{statistics.fmean(r['asr_before'] for r in rows):.1f} → "
+                f"{statistics.fmean(r['asr_after'] for r in rows):.1f}")
+
+    reference = pair(report.get("reactivation_reference", []))
+    lines = [f"ASR % right after → after re-tuning on {protocol['poisoned']} poisoned + {protocol['clean']} clean "
+             f"images ({protocol['steps']} SGD steps, lr {protocol['lr']:g}), mean over seeds; clean model: "
+             f"{reference}", "",
+             "| attack | backdoored | " + " | ".join(defences) + " |", "| --- " * (len(defences) + 2) + "|"]
+    for attack in attacks:
+        backdoored = [b["reactivation"] for b in report["before"] if b["attack"] == attack and b.get("reactivation")]
+        row = [pair([c["reactivation"] for c in cells if c["attack"] == attack and c["defense"] == d])
+               for d in defences]
+        lines.append(f"| {attack} | {pair(backdoored)} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def cell_mean(report: dict, attack: str, defense: str, metric: str, setting: str = "selected") -> float | None:

@@ -69,6 +69,10 @@ def defences_options(parser: argparse.ArgumentParser) -> None:
                         "a list for its strength knob is the grid to choose from, e.g. ft.steps=[50,100] "
                         "(default: each defence's own options and grid)")
     options.training_options(parser, whose="the backdoored models")
+    parser.add_argument("--reactivation", action="store_true",
+                        help="also re-tune every purified model, the backdoored one and its clean twin on a few "
+                             "poisoned images and report the ASR it climbs back to (ngfkit.studies.reactivation; "
+                             "default: off)")
     parser.add_argument("--figure", metavar="PATH", default=None,
                         help="also write the ASR vs ACC-drop scatter as a self-contained HTML file (default: none)")
     options.common_options(parser, seed=False)
@@ -76,11 +80,14 @@ def defences_options(parser: argparse.ArgumentParser) -> None:
 
 def _show_defence_report(report: dict, settings: Sequence[str], figure: str | None) -> None:
     """Print a bench defences report's tables, one per setting, and write its scatter if asked."""
-    from ..bench.defences import defence_table
+    from ..bench.defences import defence_table, reactivation_table
 
     for setting in settings:
         print(defence_table(report, setting))
         print()
+        if report.get("reactivation"):
+            print(reactivation_table(report, setting))
+            print()
     if figure:
         from ..viz.plots import defence_scatter, write_html
 
@@ -96,7 +103,8 @@ def cmd_defences(args: argparse.Namespace) -> dict:
     report = bench_defences(args.dataset, args.arch, args.attacks, args.defences, seeds=args.seeds,
                             acc_budget=args.acc_budget, holdout=args.holdout, settings=settings,
                             train=options.train_config(args), **_shared(args),
-                            defence_options=options.named_key_values(args.defence_param))
+                            defence_options=options.named_key_values(args.defence_param),
+                            reactivation=args.reactivation)
     _show_defence_report(report, settings, args.figure)
     return report
 
