@@ -202,3 +202,14 @@ def named_classifier(model: nn.Module, clean_data: Dataset, *, layer: str | None
     model = copy.deepcopy(model)
     model.classifier_name = name
     return model
+
+
+def reinitialise(layer: nn.Linear, seed: int) -> None:
+    """Draw ``layer``'s weight and bias afresh from ``U(±1/√D)`` (``D`` its inputs; the authors' and
+    ``nn.Linear``'s bound) with a generator seeded by ``seed``, the same values on every device."""
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1.0 / layer.in_features ** 0.5
+    with torch.no_grad():
+        for param in (layer.weight, layer.bias):
+            if param is not None:
+                param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)

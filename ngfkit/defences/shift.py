@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..curvature.fisher import FISHER_TYPES
 from ..errors import NgfkitError
-from ..models import find_classifier
+from ..models import find_classifier, reinitialise
 from ..train import CombinedHooks, TrainConfig, frozen_except, train_model
 from .base import DEFENCES, Defence
 from .classifier_only import FeatureCache, features_of
@@ -106,11 +106,7 @@ class NGFShift(Defence):
         head = tail[-1]
         original = head.weight.detach().clone()
         if cfg.reinit_head:
-            generator = torch.Generator().manual_seed(cfg.seed)
-            with torch.no_grad():  # nn.Linear's own initialisation, seeded
-                bound = 1.0 / head.in_features ** 0.5
-                head.weight.copy_((torch.rand(head.weight.shape, generator=generator) * 2 - 1) * bound)
-                head.bias.copy_((torch.rand(head.bias.shape, generator=generator) * 2 - 1) * bound)
+            reinitialise(head, cfg.seed)
         shift = FeatureShift(head, original, cfg.feature_shift)
         natural = NaturalGradient({"head": head}, damping=cfg.damping, kl_clip=cfg.kl_clip, fisher=cfg.fisher,
                                   seed=cfg.seed) if cfg.natural else None
