@@ -20,6 +20,7 @@ from ngfkit.bench.defences import defence_table, training_length_table
 from ngfkit.bench.sharpness import sharpness_table
 from ngfkit.bench.stability import stability_table
 from ngfkit.studies.reports import complete_attacks
+from ngfkit.viz.tables import demo_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -50,6 +51,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "training-length": lambda: training_length_table([report(n) for n in LENGTHS]),
     "sharpness": lambda: sharpness_table(report("sharpness-fashion-mnist.json")),
     "stability": lambda: stability_table(report("stability-fashion-mnist.json")),
+    "demo": lambda: demo_table(report("demo-fashion-mnist.json")),
 }
 
 

@@ -129,7 +129,7 @@ CLI_CASES: list[tuple[str, list[str], Setup | None, tuple[str, ...]]] = [
        ("ngf lr", "finite number > 0")) for v in ("inf", "nan", "-1", "0")],
     *[(f"{cmd}-acc-budget-{v}", [*cmd.split(), *extra, "--acc-budget", v, *DATA], None, ("acc_budget", ">= 0"))
       for v in ("-1", "nan") for cmd, extra in (("purify", ["--model", "m.safetensors", "--out", "p.safetensors"]),
-                                                ("demo", []), ("bench defences", ["--attacks", "badnets"]))],
+                                                ("demo", ["--defence", "ngf"]), ("bench defences", ["--attacks", "badnets"]))],
     ("evaluate-nan-model", ["evaluate", "--model", "n.safetensors", *DATA], lambda t: plant_model(t / "n.safetensors",
                                                                                                nan=True),
      ("n.safetensors", "head.weight", "NaN")),

@@ -92,10 +92,14 @@ def test_demo_chooses_strength_from_clean_data_and_reuses_its_model(small_fashio
     first = json.loads(out.read_text())
     for key in ("dataset", "arch", "attack", "defense", "before", "after", "seconds", "seed"):
         assert key in first
-    assert set(first["seconds"]) >= {"train", "purify", "total"}
-    selection = first["defense_history"]["selection"]
+    assert set(first["seconds"]) >= {"train", "purify", "total", "forward_pass"}
+    # the headline is ngf-shift (a fixed setting); plain ngf, beside it, chooses its lr from clean data
+    assert first["defense"] == "ngf-shift" and "selection" not in first["defense_history"]
+    (ngf,) = first["compared"]
+    assert ngf["defense"] == "ngf" and ngf["seconds"] > 0
+    selection = ngf["defense_history"]["selection"]
     drops = {t["value"]: t["val_acc_drop"] for t in selection["tried"]}
-    chosen = first["defense_history"]["setting"]["lr"]
+    chosen = ngf["setting"]["lr"]
     assert chosen == selection["chosen"]
     if selection["budget_met"]:
         assert drops[chosen] <= 3.0
@@ -108,6 +112,7 @@ def test_demo_chooses_strength_from_clean_data_and_reuses_its_model(small_fashio
     second = json.loads(out.read_text())
     assert second["cached_model"] is True and second["seconds"]["train"] == 0
     assert second["after"] == pytest.approx(first["after"])  # seeded: the same purification again
+    assert second["compared"][0]["after"] == pytest.approx(ngf["after"])
 
 
 def test_bench_attacks_writes_the_report_and_resumes_from_the_cache(small_fashion, cache):

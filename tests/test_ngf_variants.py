@@ -79,16 +79,21 @@ def test_the_clean_data_rule_chooses_the_same_setting_on_one_and_two_threads():
 def test_the_stability_summary_scores_agreement_and_spread_against_the_floors():
     from ngfkit.bench.stability import stability_table, summarise
 
-    def cell(defence, seed, threads, lr, asr, cost):
+    def cell(defence, seed, threads, lr, asr, cost, chosen=True):
         return {"defence": defence, "seed": seed, "threads": threads, "setting": {"lr": lr}, "asr": asr,
-                "acc_cost": cost, "seconds": 1.0}
+                "acc_cost": cost, "seconds": 1.0, "budget_met": True if chosen else None}
 
     report = {"cells": [cell("steady", s, t, 0.01, 1.0 + s, 1.0) for s in range(3) for t in (1, 2)]
-              + [cell("lucky", s, t, 0.01 if s else 0.1, 0.0 if s else 90.0, 1.5) for s in range(3) for t in (1, 2)]}
+              + [cell("lucky", s, t, 0.01 if s else 0.1, 0.0 if s else 90.0, 1.5) for s in range(3) for t in (1, 2)]
+              + [cell("fixed", s, t, 0.01, 0.0, 1.0, chosen=False) for s in range(3) for t in (1, 2)],
+              "forward_seconds": {"1": 0.5, "2": 0.25}}
     rows = {r["defence"]: r for r in summarise(report)}
+    assert rows["steady"]["ratio_to_forward"] == pytest.approx(3.0)  # 1 s against 0.5 s and 0.25 s
+    assert rows["steady"]["chosen_from_data"] and not rows["fixed"]["chosen_from_data"]
     assert rows["steady"]["same_setting_share"] == 1.0 and rows["steady"]["asr_spread"] == 2.0
     assert rows["steady"]["floors"] == {"reproducible": True, "effective": True}
     assert rows["lucky"]["same_setting_share"] == pytest.approx(4 / 6) and rows["lucky"]["asr_max"] == 90.0
     assert rows["lucky"]["floors"] == {"reproducible": False, "effective": False}
     report["summary"] = list(rows.values())
-    assert "**no**" in stability_table(report)
+    table = stability_table(report)
+    assert "**no**" in table and "lr=0.01 (fixed)" in table and "lr=0.01 (100%)" in table

@@ -35,3 +35,18 @@ def test_pipes_are_escaped_and_newlines_flattened():
 def test_bad_input_is_one_clear_error(call, words):
     with pytest.raises(NgfkitError, match=words):
         call()
+
+
+def test_the_demo_table_lists_the_headline_defence_then_the_compared_ones():
+    from ngfkit.viz.tables import demo_table
+
+    metrics = {"acc": 90.0, "asr": 100.0, "ra": 0.0}
+    result = {"attack": "badnets", "defense": "ngf-shift", "before": metrics,
+              "after": {"acc": 89.0, "asr": 0.5, "ra": 20.0}, "seconds": {"purify": 7.25, "forward_pass": 2.5},
+              "defense_history": {"setting": {"feature_shift": 0.1}},
+              "compared": [{"defense": "ngf", "after": {"acc": 88.0, "asr": 61.6, "ra": 5.0},
+                            "setting": {"lr": 0.01}, "seconds": 8.0}]}
+    lines = demo_table(result).splitlines()
+    assert lines[2].startswith("| backdoored (badnets) | 90.00 | 100.00 | 0.00 |")
+    assert lines[3] == "| after `ngf-shift` | 89.00 | 0.50 | 20.00 | feature_shift=0.1 | 7.2 | 2.9 |"
+    assert lines[4].startswith("| after `ngf` | 88.00 | 61.60 |") and lines[4].endswith("| 8.0 | 3.2 |")

@@ -145,11 +145,11 @@ def experiment(args: argparse.Namespace):
 _NGF_FLAGS = ("acc_budget", "lr", "steps", "body", "fisher", "reg_strength")
 
 
-def defence_options(parser: argparse.ArgumentParser) -> None:
+def defence_options(parser: argparse.ArgumentParser, default: str = "ngf") -> None:
     """One defence and its options (those of NGF have flags of their own)."""
     group = parser.add_argument_group("defence")
-    group.add_argument(*both_spellings("--defence"), dest="defence", default="ngf",
-                       help="defence name (see `ngfkit list`; default: ngf)")
+    group.add_argument(*both_spellings("--defence"), dest="defence", default=default,
+                       help=f"defence name (see `ngfkit list`; default: {default})")
     group.add_argument("--acc-budget", type=float, default=None,
                        help="NGF: most clean-accuracy points (cross-fitted on the clean set) the chosen strength may "
                        "cost (default: the defence's)")

@@ -116,8 +116,9 @@ def print_choice(history: dict) -> None:
     else:
         print(f"  setting {history['setting']}; purify took {history['seconds']:.1f} s")
     if history.get("selection", {}).get("budget_met") is False:
-        print("  note: no learning rate kept the cross-fitted clean accuracy within --acc-budget; "
-              "the weakest was used (raise --acc-budget or give more clean data)")
+        knob = history["selection"].get("knob", "strength")
+        print(f"  note: no value of {knob} kept the clean-accuracy estimate within --acc-budget; "
+              "the cheapest was used (raise --acc-budget or give more clean data)")
 
 
 def provenance(start: float) -> dict[str, Any]:

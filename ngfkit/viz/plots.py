@@ -98,6 +98,32 @@ def defence_scatter(report: dict, setting: str = "selected"):
     return figure
 
 
+def stability_figure(report: dict):
+    """Every run of a ``bench stability`` report: ASR left against clean-accuracy cost, one marker
+    per (defence seed, thread count), one colour per defence; the floors as dotted lines."""
+    import plotly.graph_objects as go
+
+    from ..bench.stability import FLOORS
+
+    figure = go.Figure()
+    for defence in dict.fromkeys(c["defence"] for c in report["cells"]):
+        cells = [c for c in report["cells"] if c["defence"] == defence]
+        figure.add_trace(go.Scatter(
+            x=[c["acc_cost"] for c in cells], y=[c["asr"] for c in cells], mode="markers", name=defence,
+            marker={"size": 11, "opacity": 0.75, "symbol": ["circle" if c["threads"] == 1 else "diamond" for c in cells]},
+            customdata=[[c["seed"], c["threads"], ", ".join(f"{k}={v}" for k, v in c["setting"].items())]
+                        for c in cells],
+            hovertemplate=f"{defence}<br>seed %{{customdata[0]}}, %{{customdata[1]}} thread(s)<br>"
+                          "ASR %{y:.1f} %, cost %{x:.2f} points<br>%{customdata[2]}<extra></extra>"))
+    figure.add_hline(y=FLOORS["asr_max"], line_dash="dot", line_color="grey")
+    figure.add_vline(x=FLOORS["acc_cost_max"], line_dash="dot", line_color="grey")
+    figure.update_layout(
+        title=f"{report['attack']} on {report['dataset']}: each run of each defence (circle 1 thread, diamond 2)",
+        xaxis_title="clean-accuracy cost (percentage points)", yaxis_title="attack success rate left (%)",
+        yaxis_range=[-5, 105], template="plotly_white", height=460)
+    return figure
+
+
 def defence_heatmap(report: dict, setting: str = "selected", metric: str = "asr"):
     """Attack × defence heatmap of ``metric`` (``asr``, ``acc_drop``, ``ra`` …) after each defence,
     mean over seeds, with the undefended model's value in the first column where it exists."""

@@ -79,3 +79,25 @@ def markdown_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]],
     for row in cells:
         lines.append("| " + " | ".join(_text(v, formats.get(k), missing) for k, v in zip(keys, row)) + " |")
     return "\n".join(lines)
+
+
+def demo_table(result: Mapping[str, Any]) -> str:
+    """The ``ngfkit demo --json`` result as a Markdown table: the backdoored model, then each
+    defence run on it (the headline defence first) with its setting, its seconds and those seconds
+    over one forward pass through the clean images and their augmented views."""
+    def setting(value: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+
+    forward = result["seconds"].get("forward_pass")
+    rows = [{"model": f"backdoored ({result['attack']})", **result["before"]}]
+    rows.append({"model": f"after `{result['defense']}`", **result["after"],
+                 "setting": setting(result["defense_history"]["setting"]), "seconds": result["seconds"]["purify"]})
+    rows += [{"model": f"after `{other['defense']}`", **other["after"], "setting": setting(other["setting"]),
+              "seconds": other["seconds"]} for other in result.get("compared", [])]
+    for row in rows[1:]:
+        row["ratio"] = row["seconds"] / forward if forward else None
+    return markdown_table(rows, {"model": "model", "acc": "C-ACC %", "asr": "ASR %", "ra": "RA %",
+                                 "setting": "setting (chosen or fixed)", "seconds": "seconds",
+                                 "ratio": "× one forward pass"},
+                          formats={"acc": ".2f", "asr": ".2f", "ra": ".2f", "seconds": ".1f", "ratio": ".1f"},
+                          missing="")
