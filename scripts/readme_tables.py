@@ -24,7 +24,8 @@ from ngfkit.viz.tables import demo_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(\n<!-- /table -->)", re.S)
+# the body never holds another marker, so an empty block cannot swallow the blocks after it
+BLOCK = re.compile(r"(<!-- table: (?P<name>[a-z0-9-]+) -->\n)(?P<body>(?:(?!<!-- ).)*?)\n?(<!-- /table -->)", re.S)
 
 
 def report(name: str) -> dict:
@@ -52,6 +53,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "sharpness": lambda: sharpness_table(report("sharpness-fashion-mnist.json")),
     "stability": lambda: stability_table(report("stability-fashion-mnist.json")),
     "demo": lambda: demo_table(report("demo-fashion-mnist.json")),
+    "protocol": lambda: defence_table(report("protocol-fashion-mnist-1epoch.json"), "authors"),
 }
 
 
@@ -67,7 +69,7 @@ def regenerate(text: str) -> tuple[str, list[str], list[str]]:
         body = TABLES[name]().strip()
         if body != match["body"].strip():
             changed.append(name)
-        return match[1] + body + match[4]
+        return match[1] + body + "\n" + match[4]
 
     return BLOCK.sub(render, text), changed, unknown
 

@@ -50,3 +50,19 @@ def test_the_demo_table_lists_the_headline_defence_then_the_compared_ones():
     assert lines[2].startswith("| backdoored (badnets) | 90.00 | 100.00 | 0.00 |")
     assert lines[3] == "| after `ngf-shift` | 89.00 | 0.50 | 20.00 | feature_shift=0.1 | 7.2 | 2.9 |"
     assert lines[4].startswith("| after `ngf` | 88.00 | 61.60 |") and lines[4].endswith("| 8.0 | 3.2 |")
+
+
+def test_the_readme_generator_fills_an_empty_block_without_touching_the_next_one(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "readme_tables.py"
+    spec = importlib.util.spec_from_file_location("readme_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "TABLES", {"a": lambda: "| x |\n| --- |\n| 1 |", "b": lambda: "| y |\n| --- |\n| 2 |"})
+    text = "<!-- table: a -->\n<!-- /table -->\n\nprose between\n\n<!-- table: b -->\n| old |\n<!-- /table -->\n"
+    new, changed, unknown = module.regenerate(text)
+    assert changed == ["a", "b"] and unknown == []
+    assert new == ("<!-- table: a -->\n| x |\n| --- |\n| 1 |\n<!-- /table -->\n\nprose between\n\n"
+                   "<!-- table: b -->\n| y |\n| --- |\n| 2 |\n<!-- /table -->\n")
