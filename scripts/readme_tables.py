@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ngfkit.bench.attacks import attack_table
-from ngfkit.bench.defences import defence_table, training_length_table
+from ngfkit.bench.defences import defence_table, reactivation_table, training_length_table
 from ngfkit.bench.sharpness import sharpness_table
 from ngfkit.bench.stability import stability_table
 from ngfkit.studies.reports import complete_attacks
@@ -54,6 +54,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "stability": lambda: stability_table(report("stability-fashion-mnist.json")),
     "demo": lambda: demo_table(report("demo-fashion-mnist.json")),
     "protocol": lambda: defence_table(report("protocol-fashion-mnist-1epoch.json"), "authors"),
+    "reactivation": lambda: reactivation_table(report("reactivation-fashion-mnist.json"), "authors"),
 }
 
 
