@@ -73,9 +73,8 @@ def cmd_demo(args: argparse.Namespace) -> dict:
             "threads": threads, "seed": exp.seed, "cached_model": trained.cached, "experiment": exp.to_dict(),
             "defense_history": json_safe(history),
             "compared": [{"defense": name, "after": other["after"], "der": other.get("der"),
-                          "setting": json_safe(other["history"])["setting"], "seconds": other["history"]["seconds"],
-                          "defense_history": json_safe(other["history"])}
-                         for name, other in beside.items()],
+                          "setting": safe["setting"], "seconds": safe["seconds"], "defense_history": safe}
+                         for name, other in beside.items() for safe in [json_safe(other["history"])]],
             **provenance(start)}
 
 
