@@ -90,6 +90,10 @@ def test_the_stability_summary_scores_agreement_and_spread_against_the_floors():
     rows = {r["defence"]: r for r in summarise(report)}
     assert rows["steady"]["ratio_to_forward"] == pytest.approx(3.0)  # 1 s against 0.5 s and 0.25 s
     assert rows["steady"]["chosen_from_data"] and not rows["fixed"]["chosen_from_data"]
+    report["cells"][0]["forward_seconds"] = 0.1  # a cell's own timing wins over the report's
+    # 1 s over 0.1 s for that cell; the other five: 1 s over the report's 0.25 s (2 threads) or 0.5 s (1 thread)
+    assert summarise(report)[0]["ratio_to_forward"] == pytest.approx((10.0 + 4 + 2 + 4 + 2 + 4) / 6)
+    del report["cells"][0]["forward_seconds"]
     assert rows["steady"]["same_setting_share"] == 1.0 and rows["steady"]["asr_spread"] == 2.0
     assert rows["steady"]["floors"] == {"reproducible": True, "effective": True}
     assert rows["lucky"]["same_setting_share"] == pytest.approx(4 / 6) and rows["lucky"]["asr_max"] == 90.0

@@ -74,9 +74,10 @@ def bench_stability(dataset: str = "fashion-mnist", attack: str = "badnets", def
     report["before"] = before
     todo = [(d, s, t) for d in defences for s in seeds for t in threads if (d, s, t) not in done]
     threads_before = torch.get_num_threads()
-    # measured again on each call, for its thread counts; earlier calls' counts are kept
-    report["forward_seconds"] = {**(previous or {}).get("forward_seconds", {}),
-                                 **forward_seconds(model, splits.clean, threads, device=device)}
+    # measured in this call, for the thread counts it runs, under the load its runs see; each cell keeps
+    # the timing it is compared with (a later call's timing under another load must not rescale it)
+    forward = forward_seconds(model, splits.clean, sorted({t for _, _, t in todo}), device=device)
+    report["forward_seconds"] = {**(previous or {}).get("forward_seconds", {}), **forward}
     bar = tqdm(total=len(todo), desc="stability", disable=not progress, leave=False)
     try:
         for defence, seed, count in todo:
@@ -88,6 +89,7 @@ def bench_stability(dataset: str = "fashion-mnist", attack: str = "badnets", def
             seconds = history["seconds"]  # the defence's own time, not the scoring after it
             report["cells"].append({"defence": defence, "seed": seed, "threads": count, "setting": history["setting"],
                                     **after, "acc_cost": before["acc"] - after["acc"], "seconds": seconds,
+                                    "forward_seconds": forward[str(count)],
                                     "budget_met": history.get("selection", {}).get("budget_met")})
             report["summary"] = summarise(report)
             report["wall_seconds"] = time.perf_counter() - start + (previous or {}).get("wall_seconds", 0.0)
@@ -149,7 +151,8 @@ def summarise(report: dict) -> list[dict]:
                "acc_cost_max": max(cost), "seconds_mean": statistics.fmean(c["seconds"] for c in cells)}
         row["asr_std"] = statistics.stdev(asr) if len(asr) > 1 else 0.0
         forward = report.get("forward_seconds") or {}
-        ratios = [c["seconds"] / forward[str(c["threads"])] for c in cells if forward.get(str(c["threads"]))]
+        references = [c.get("forward_seconds") or forward.get(str(c["threads"])) for c in cells]
+        ratios = [c["seconds"] / ref for c, ref in zip(cells, references) if ref]
         row["ratio_to_forward"] = statistics.fmean(ratios) if ratios else None
         row["floors"] = {"reproducible": row["same_setting_share"] >= FLOORS["same_setting_share"]
                          and row["asr_spread"] <= FLOORS["asr_spread"],
