@@ -47,6 +47,21 @@ def test_ngf_shift_changes_the_last_block_and_the_classifier_only():
     assert history["changed"] == "model" and history["setting"] == {"feature_shift": 0.1}
 
 
+def test_ngf_shift_all_tunes_every_layer_of_any_model_and_keeps_the_classifier_norm():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.GroupNorm(2, 4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    purified, history = purify(model, tiny_clean(48), "ngf-shift-all", device="cpu", progress=False, steps=3)
+    assert changed_keys(state(model), state(purified)) == set(state(model))  # no Sequential body needed
+    assert torch.allclose(purified[5].weight.norm(), model[5].weight.norm(), rtol=1e-4)
+    assert history["changed"] == "model" and history["config"]["body"] == "all"
+
+
+def test_ngf_shift_refuses_an_unknown_body_in_one_line():
+    with pytest.raises(NgfkitError, match="body must be one of last-block, all") as info:
+        DEFENCES.get("ngf-shift")(body="convs")
+    assert "\n" not in str(info.value)
+
+
 def test_ngf_shift_strength_is_chosen_by_the_one_rule():
     model, data = tiny_model(), tiny_clean(60)
     _, history = select_and_purify(model, data, "ngf-shift", device="cpu", progress=False, values=(0.0, 0.5),

@@ -126,8 +126,10 @@ def test_random_kills_then_resume_end_identical(trial: int, world: dict, referen
 @pytest.mark.parametrize("changes, key", [({"acc_budget": 5.0}, "acc_budget"), ({"holdout": 0.3}, "holdout"),
                                           ({"defence_options": {**OPTIONS, "ngf": {**OPTIONS["ngf"], "reg_strength": 0}}},
                                            "defence_options"),
-                                          ({"train": TrainConfig(epochs=2, batch_size=64)}, "train")],
-                         ids=["acc_budget", "holdout", "defence-option", "training"])
+                                          ({"train": TrainConfig(epochs=2, batch_size=64)}, "train"),
+                                          ({"clean_fraction": 0.05}, "clean_fraction"),
+                                          ({"poison_rate": 0.01}, "poison_rate")],
+                         ids=["acc_budget", "holdout", "defence-option", "training", "clean-share", "poison-rate"])
 def test_a_resume_with_other_settings_refuses(changes: dict, key: str, world: dict, reference: dict,
                                               tmp_path: Path) -> None:
     path = tmp_path / "report.json"  # a run killed after its first cell
@@ -136,3 +138,14 @@ def test_a_resume_with_other_settings_refuses(changes: dict, key: str, world: di
     message = one_line_error(run, world, path, **changes)
     assert "other settings" in message and key in message
     assert path.read_bytes() == before  # the report is left as it was
+
+
+@pytest.mark.parametrize("key, value", [("poison_rate", 0.01), ("clean_fraction", 0.05)])
+def test_merge_refuses_reports_of_another_clean_share_or_poison_rate(key: str, value: float, reference: dict,
+                                                                    tmp_path: Path) -> None:
+    assert reference["poison_rate"] is None and reference["clean_fraction"] == 0.2  # both recorded
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    ours.write_text(json.dumps(reference))
+    theirs.write_text(json.dumps({**reference, key: value}))
+    message = one_line_error(bench.merge_reports, [ours, theirs])
+    assert key in message and "other settings" in message

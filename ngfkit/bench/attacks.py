@@ -43,13 +43,14 @@ def _row(exp: Experiment, trained, clean_acc: float) -> dict[str, Any]:
 
 def bench_attacks(dataset: str = "fashion-mnist", arch: str | None = None, attacks: str | Sequence[str] = "all",
                   *, seed: int = 0, train: TrainConfig | None = None, clean_fraction: float = 0.01,
-                  device: torch.device | str = "cpu", progress: bool = True, json_path: str | Path | None = None,
+                  poison_rate: float | None = None, device: torch.device | str = "cpu", progress: bool = True, json_path: str | Path | None = None,
                   data_root=None, download: bool = False) -> dict[str, Any]:
     """Train (or load from the cache) a clean model and one backdoored model per attack.
 
     Returns ``{"dataset", "arch", "clean_acc", "attacks": [{"attack", "acc", "asr", "ra",
     "poison_rate", "seconds", "seed", ...}]}`` with percentages; ``seconds`` is the attack's own
     cost (learning its trigger plus training the victim) as measured when it was first run.
+    ``poison_rate`` overrides every attack's own share of poisoned training images (None keeps each one's).
     """
     names = ATTACKS.parse_names(attacks, default=PAPER_ATTACKS, option="--attacks")
     train = train or TrainConfig()
@@ -60,10 +61,11 @@ def bench_attacks(dataset: str = "fashion-mnist", arch: str | None = None, attac
     report: dict[str, Any] = {"dataset": dataset, "arch": base.arch, "clean_acc": clean.meta["metrics"]["acc"],
                               "clean_seconds": clean.meta["train_seconds"], "attacks": [],
                               "train": train.to_dict(), "seed": seed, "clean_fraction": clean_fraction,
+                              "poison_rate": poison_rate,
                               "device": str(device), "versions": versions()}
     for name in names:
         exp = Experiment(dataset=dataset, arch=arch, attack=name, clean_fraction=clean_fraction, seed=seed,
-                         train=train)
+                         train=train, poison_rate=poison_rate)
         trained = load_or_train(exp, splits, device=device, progress=progress)
         row = _row(exp, trained, report["clean_acc"])
         report["attacks"].append(row)

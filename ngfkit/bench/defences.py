@@ -49,8 +49,8 @@ ROWS = {"cells": CELL_FIELDS, "before": BEFORE_FIELDS}
 def _settings_of(report: dict) -> dict:
     """Everything that decides a cell's numbers besides its (attack, defence, seed, setting): a
     resume or a merge with other values would mix two benchmarks under one set of options."""
-    settings = {k: report.get(k) for k in ("dataset", "arch", "acc_budget", "holdout", "clean_fraction", "train",
-                                           "reactivation")}
+    settings = {k: report.get(k) for k in ("dataset", "arch", "acc_budget", "holdout", "clean_fraction",
+                                           "poison_rate", "train", "reactivation")}
     settings["defence_options"] = json.loads(json.dumps(report.get("defence_options") or {}))
     return settings
 
@@ -58,8 +58,8 @@ def _settings_of(report: dict) -> dict:
 def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, attacks: str | Sequence[str] = "all",
                    defenses: str | Sequence[str] = "all", *, seeds: int | Sequence[int] = 1, acc_budget: float = 3.0,
                    holdout: float = 0.2, settings: Sequence[str] = SETTINGS, train: TrainConfig | None = None,
-                   clean_fraction: float = 0.01, device: torch.device | str = "cpu", progress: bool = True,
-                   json_path: str | Path | None = None, data_root=None, download: bool = False,
+                   clean_fraction: float = 0.01, poison_rate: float | None = None,
+                   device: torch.device | str = "cpu", progress: bool = True, json_path: str | Path | None = None, data_root=None, download: bool = False,
                    defence_options: dict[str, dict] | None = None,
                    reactivation: bool | dict = False) -> dict[str, Any]:
     """Run every (attack, defence, seed, setting) cell not yet in ``json_path``; return the report.
@@ -67,7 +67,10 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
     The report is ``{"dataset", "arch", "cells": [{"attack", "defense", "seed", "setting", "acc",
     "asr", "ra", "der", "seconds", "peak_mb", ...}], "before": [{"attack", "seed", "acc", "asr",
     "ra"}], "summary": [...]}`` with percentages. ``seconds`` is the defender's whole cost:
-    for ``selected`` it includes trying every strength value.
+    for ``selected`` it includes trying every strength value. ``clean_fraction`` is the defender's
+    share of the training set (0.01 as in NGF, 0.05 as BackdoorBench's default) and ``poison_rate``
+    overrides every attack's own share of poisoned training images (None keeps each one's; FST's
+    low-rate setting is 0.01); both are recorded, and a resume or merge with other values is refused.
     """
     attack_names = ATTACKS.parse_names(attacks, default=PAPER_ATTACKS, option="--attacks")
     defence_names = DEFENCES.parse_names(defenses, default=PAPER_DEFENCES, option="--defences")
@@ -84,6 +87,9 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
     defence_options = defence_options or {}
     for name, options in defence_options.items():
         _split_grid(name, options)  # bad options fail now, not after an hour of cells
+    if poison_rate is not None:
+        poison_rate = check.number(poison_rate, "poison_rate (--poison-rate)", low=0.0, high=1.0, low_open=True,
+                                   high_open=True, fix="it is the share of the training set poisoned, e.g. 0.01")
     train = train or TrainConfig()
     retune = None
     if reactivation:
@@ -95,10 +101,10 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
         retune["test_images"] = REACTIVATION_TEST
     start = time.perf_counter()
     report: dict[str, Any] = {"dataset": dataset, "arch": None, "acc_budget": acc_budget, "holdout": holdout,
-                              "clean_fraction": clean_fraction, "train": train.to_dict(),
+                              "clean_fraction": clean_fraction, "poison_rate": poison_rate, "train": train.to_dict(),
                               "defence_options": defence_options, "reactivation": retune}
     first = Experiment(dataset=dataset, arch=arch, attack=attack_names[0], clean_fraction=clean_fraction,
-                       seed=seed_list[0], train=train)
+                       poison_rate=poison_rate, seed=seed_list[0], train=train)
     report["arch"] = first.arch
     previous = load_previous_report(json_path, _settings_of(report), "defences", ROWS)
     report.update({"cells": [], "before": [], "seeds": seed_list, "device": str(device), "versions": versions()})
@@ -121,7 +127,7 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
             if not todo:
                 continue
             exp = Experiment(dataset=dataset, arch=arch, attack=attack_name, clean_fraction=clean_fraction,
-                             seed=seed, train=train)
+                             poison_rate=poison_rate, seed=seed, train=train)
             splits = splits or load_splits(exp, data_root, download)
             trained = load_or_train(exp, splits, device=device, progress=progress)
             model, attack = trained.model.to(device).eval(), trained.attack
@@ -274,8 +280,11 @@ def _asr_cell(report: dict, attack: str, defence: str, setting: str) -> str:
 def defence_table(report: dict, setting: str = "selected") -> str:
     """Markdown: one row per defence (mean ± std over attacks and seeds), then ASR per attack."""
     summary = [r for r in report.get("summary") or summarise(report) if r["setting"] == setting]
+    rate = report.get("poison_rate")
+    rate_text = "each attack's own" if rate is None else f"{100 * rate:g} %"
     lines = [f"{report['dataset']}, {report['arch']}, setting '{setting}', clean-accuracy budget "
-             f"{report['acc_budget']} points, seeds {report['seeds']}", "",
+             f"{report['acc_budget']} points, seeds {report['seeds']}, clean data "
+             f"{100 * report.get('clean_fraction', 0.01):g} % of the training set, poison rate {rate_text}", "",
              "| defence | attacks | C-ACC drop | ASR % | RA % | DER % | seconds | peak MiB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary:

@@ -37,6 +37,7 @@ def attacks_options(parser: argparse.ArgumentParser) -> None:
     options.model_options(parser)
     parser.add_argument("--attacks", default="all", help=_ATTACKS_HELP)
     options.training_options(parser, whose="every model")
+    options.poison_rate_option(parser, whose="every backdoored model's training set")
     options.common_options(parser)
 
 
@@ -44,7 +45,7 @@ def cmd_attacks(args: argparse.Namespace) -> dict:
     from ..bench.attacks import attack_table, bench_attacks
 
     report = bench_attacks(args.dataset, args.arch, args.attacks, seed=args.seed, train=options.train_config(args),
-                           **_shared(args))
+                           poison_rate=args.poison_rate, **_shared(args))
     print(attack_table(report))
     return report
 
@@ -69,6 +70,7 @@ def defences_options(parser: argparse.ArgumentParser) -> None:
                         "a list for its strength knob is the grid to choose from, e.g. ft.steps=[50,100] "
                         "(default: each defence's own options and grid)")
     options.training_options(parser, whose="the backdoored models")
+    options.poison_rate_option(parser, whose="every backdoored model's training set")
     parser.add_argument("--reactivation", action="store_true",
                         help="also re-tune every purified model, the backdoored one and its clean twin on a few "
                              "poisoned images and report the ASR it climbs back to (ngfkit.studies.reactivation; "
@@ -102,7 +104,7 @@ def cmd_defences(args: argparse.Namespace) -> dict:
     settings = comma_separated(args.settings)
     report = bench_defences(args.dataset, args.arch, args.attacks, args.defences, seeds=args.seeds,
                             acc_budget=args.acc_budget, holdout=args.holdout, settings=settings,
-                            train=options.train_config(args), **_shared(args),
+                            train=options.train_config(args), poison_rate=args.poison_rate, **_shared(args),
                             defence_options=options.named_key_values(args.defence_param),
                             reactivation=args.reactivation)
     _show_defence_report(report, settings, args.figure)

@@ -93,6 +93,12 @@ def clean_fraction_option(group, *, from_checkpoint: bool = False) -> None:
                            help="share of the training set held out as the defender's clean data (default 0.01)")
 
 
+def poison_rate_option(group, *, whose: str = "the training set") -> None:
+    group.add_argument("--poison-rate", type=float, default=None,
+                       help=f"share of {whose} poisoned, e.g. 0.01 where FST finds that tuning fails "
+                            "(default: each attack's own, 0.1; 0.05 for sig and clb)")
+
+
 def training_options(parser: argparse.ArgumentParser, *, whose: str = "the backdoored model") -> None:
     """How the model(s) are trained (``whose`` says which in the help), and the defender's share."""
     group = parser.add_argument_group("training")
@@ -124,8 +130,7 @@ def attack_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a trigger parameter of the attack, e.g. alpha=0.3 (repeatable; see the attack's docs; "
                        "default: the attack's own values)")
-    group.add_argument("--poison-rate", type=float, default=None,
-                       help="share of the training set poisoned (default: the attack's, 0.1; 0.05 for sig and clb)")
+    poison_rate_option(group)
     group.add_argument("--target", type=int, default=0, help="target class (default: 0)")
     group.add_argument("--all-to-all", action="store_true", help="label y -> y+1 instead of all -> target")
 

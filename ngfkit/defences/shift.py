@@ -20,6 +20,13 @@ profile and adds that push:
 - the inputs of the last block are computed once (``augment`` cropped/flipped views per image), so
   every step runs on cached features, as NGF's fast path does.
 
+``ngf-shift-all`` (``body="all"``) tunes every layer of the body instead of its last block, as FST
+does, at FST's learning rate (``body_lr_ratio=1``: 0.01 on every layer), on freshly cropped and
+flipped batches with BatchNorm in train mode (FST's setting). It costs full forward and backward
+passes, but it reaches features a last block cannot (image-wide triggers such as WaNet's warp,
+whose evidence is formed in the convolutions) and it runs on any model, not only on a
+``Classifier`` with an ``nn.Sequential`` body.
+
 This is our construction, not the paper's: the NGF paper neither re-initialises nor distils, and
 its public code has no regulariser. The book and the benchmark report it beside plain ``ngf``.
 """
@@ -60,16 +67,31 @@ class ShiftConfig:
     temperature: float = 2.0
     reinit_head: bool = True
     natural: bool = True  # False: plain SGD on the classifier too (the ablation without NGF)
-    augment: int = 8
+    augment: int = 8  # last-block: cached views per image; all: random crop and flip of every batch when > 0
+    body: str = "last-block"  # or "all": every layer of the body (ngf-shift-all)
     seed: int = 0
 
     def __post_init__(self):
+        if self.body not in BODIES:
+            raise NgfkitError(f"ngf-shift body must be one of {', '.join(BODIES)}, got {self.body!r}")
         if not (self.feature_shift >= 0 and self.distill >= 0 and self.temperature > 0):
             raise NgfkitError("ngf-shift needs feature_shift >= 0, distill >= 0 and temperature > 0")
         if self.steps < 1 or not self.lr > 0 or not 0 <= self.body_lr_ratio:
             raise NgfkitError("ngf-shift needs steps >= 1, lr > 0 and body_lr_ratio >= 0")
         if self.fisher not in FISHER_TYPES:
             raise NgfkitError(f"ngf-shift fisher must be one of {', '.join(FISHER_TYPES)}, got {self.fisher!r}")
+
+
+#: what of the body ngf-shift tunes besides the classifier
+BODIES = ("last-block", "all")
+
+
+@dataclass
+class ShiftAllConfig(ShiftConfig):
+    """``ngf-shift-all``: every layer of the body tuned, at FST's learning rate (0.01) on every layer."""
+
+    body: str = "all"
+    body_lr_ratio: float = 1.0
 
 
 def last_block(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -100,17 +122,21 @@ class NGFShift(Defence):
     def run(self, model, clean_data, *, device, progress, features: FeatureCache | None = None):
         cfg = self.config
         model = copy.deepcopy(model).to(device).eval()
-        entry, tail = last_block(model)
-        data = features_of(model, entry, clean_data, features, views=cfg.augment, seed=cfg.seed, device=device)
+        if cfg.body == "all":  # the whole model trains on images; its classifier found as purify found it
+            tail, data, (_, head) = model, clean_data, find_classifier(model, clean_data)
+        else:
+            entry, tail = last_block(model)
+            data = features_of(model, entry, clean_data, features, views=cfg.augment, seed=cfg.seed, device=device)
+            head = tail[-1]
         teacher = copy.deepcopy(tail).eval()
-        head = tail[-1]
         original = head.weight.detach().clone()
         if cfg.reinit_head:
             reinitialise(head, cfg.seed)
         shift = FeatureShift(head, original, cfg.feature_shift)
         natural = NaturalGradient({"head": head}, damping=cfg.damping, kl_clip=cfg.kl_clip, fisher=cfg.fisher,
                                   seed=cfg.seed) if cfg.natural else None
-        body_params = [p for m in list(tail)[:-1] for p in m.parameters()]
+        in_head = {id(p) for p in head.parameters()}
+        body_params = [p for p in tail.parameters() if id(p) not in in_head]
         groups = [{"params": list(head.parameters()), "lr": cfg.lr},
                   {"params": body_params, "lr": cfg.lr * cfg.body_lr_ratio}]
 
@@ -123,14 +149,24 @@ class NGFShift(Defence):
                 extra = extra + cfg.distill * cfg.temperature ** 2 * F.kl_div(student, target, reduction="batchmean")
             return extra
 
+        on_images = cfg.body == "all"
         train_cfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, final_lr_ratio=0.0, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, batch_size=min(cfg.batch_size, len(data)))
+                                weight_decay=cfg.weight_decay, batch_size=min(cfg.batch_size, len(data)),
+                                augment=on_images and cfg.augment > 0)
         try:
             with frozen_except(model, [p for g in groups for p in g["params"]]):
                 fit = train_model(tail, data, train_cfg, seed=cfg.seed, device=device, progress=progress,
-                                  desc=self.name, params=groups, train_mode=False,
+                                  desc=self.name, params=groups, train_mode=on_images,
                                   hooks=CombinedHooks(natural, shift), extra_loss=loss_terms)
         finally:
             if natural is not None:
                 natural.close()
         return model.eval(), {"loss": fit["loss"]}
+
+
+@DEFENCES.register("ngf-shift-all")
+class NGFShiftAll(NGFShift):
+    """``ngf-shift`` with every layer of the body tuned (FST's reach), not only its last block; any model."""
+
+    name = "ngf-shift-all"
+    Config = ShiftAllConfig
