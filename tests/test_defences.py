@@ -26,7 +26,8 @@ def test_every_defence_returns_the_same_architecture_and_leaves_its_input_alone(
     quick = {"ft": dict(steps=3), "ft-sam": dict(steps=2), "ft-last": dict(steps=5), "fp": dict(steps=2),
              "anp": dict(iterations=2), "nad": dict(steps=2, teacher_steps=2), "i-bau": dict(rounds=1),
              "ngf-sgd-body": dict(steps=3), "lp": dict(steps=5), "ft-init": dict(steps=3),
-             "fe-tuning": dict(steps=3), "fst": dict(steps=3)}
+             "fe-tuning": dict(steps=3), "fst": dict(steps=3), "fip": dict(steps=3), "fip-fast": dict(steps=3),
+             "nft": dict(steps=3), "sau": dict(steps=2)}
     for name in DEFENCES.names():
         options = quick.get(name, {"steps": 5, "lr": 0.01} if name.startswith("ngf") else {})
         purified, history = purify(model, data, name, progress=False, **options)

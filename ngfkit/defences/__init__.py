@@ -4,7 +4,7 @@ Classifier-only defences follow the protocol of :mod:`ngfkit.defences.classifier
 :class:`FeatureCache`); every defence's strength is chosen by the one rule of
 :mod:`ngfkit.defences.selection`.
 """
-from . import distillation, finetune, fst, ngf, pruning, shift, unlearning  # noqa: F401  (each registers its defences)
+from . import distillation, finetune, fip, fst, ngf, nft, pruning, sau, shift, unlearning  # noqa: F401  (each registers its defences)
 from .base import DEFENCES, Defence, purify
 from ..models import find_classifier
 from .classifier_only import FeatureCache, HeadDefence
