@@ -224,3 +224,10 @@ def test_merge_joins_reports_of_one_benchmark_and_refuses_others(tmp_path):
     other.write_text(json.dumps({**first, "acc_budget": 1.0}))
     with pytest.raises(NgfkitError, match="other settings"):
         merge_reports([paths[0], other])
+
+
+def test_bench_defences_all_runs_every_registered_defence_once():
+    from ngfkit.bench.defences import ALL_DEFENCES
+
+    assert sorted(ALL_DEFENCES) == sorted(DEFENCES.names()) and len(set(ALL_DEFENCES)) == len(ALL_DEFENCES)
+    assert DEFENCES.parse_names("all", default=ALL_DEFENCES)[:1] == ["ngf"]

@@ -37,6 +37,14 @@ from ..utils import PeakMemory, versions, write_json
 #: NGF, the paper's baselines, then the NGF ablations
 PAPER_DEFENCES = ("ngf", "ft", "ft-last", "ft-sam", "anp", "nad", "fp", "i-bau",
                   "ngf-sgd-body", "ngf-noreg", "ngf-sampled", "ngf-kfac")
+#: the NGF family beyond the paper's text: the authors' code (two scripts) and ngfkit's feature-shifting variants
+NGF_VARIANTS = ("ngf-reference", "ngf-reference-reinit", "ngf-shift", "ngf-shift-all")
+#: the NGF authors' successors: FIP (CCS 2024, and its singular-value variant) and NFT (ECCV 2024)
+SUCCESSORS = ("fip", "fip-fast", "nft")
+#: the defences of today's benchmarks: FST's tuning family (NeurIPS 2023) and SAU (NeurIPS 2023)
+CURRENT_DEFENCES = ("lp", "ft-init", "fe-tuning", "fst", "sau")
+#: what ``--defences all`` runs, in the order of the tables
+ALL_DEFENCES = PAPER_DEFENCES + NGF_VARIANTS + SUCCESSORS + CURRENT_DEFENCES
 SETTINGS = ("selected", "authors")
 
 
@@ -73,7 +81,7 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
     low-rate setting is 0.01); both are recorded, and a resume or merge with other values is refused.
     """
     attack_names = ATTACKS.parse_names(attacks, default=PAPER_ATTACKS, option="--attacks")
-    defence_names = DEFENCES.parse_names(defenses, default=PAPER_DEFENCES, option="--defences")
+    defence_names = DEFENCES.parse_names(defenses, default=ALL_DEFENCES, option="--defences")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise NgfkitError("--seeds must be at least 1")
@@ -220,7 +228,7 @@ def summarise(report: dict) -> list[dict]:
     """Mean ± std over attacks and seeds per (defence, setting), plus per-attack means."""
     rows = []
     keys = sorted({(c["defense"], c["setting"]) for c in report["cells"]},
-                  key=lambda k: (PAPER_DEFENCES.index(k[0]) if k[0] in PAPER_DEFENCES else 99, SETTINGS.index(k[1])))
+                  key=lambda k: (ALL_DEFENCES.index(k[0]) if k[0] in ALL_DEFENCES else 99, SETTINGS.index(k[1])))
     for defence, setting in keys:
         cells = [c for c in report["cells"] if c["defense"] == defence and c["setting"] == setting]
         row: dict[str, Any] = {"defense": defence, "setting": setting, "cells": len(cells),

@@ -54,8 +54,8 @@ def defences_options(parser: argparse.ArgumentParser) -> None:
     options.model_options(parser)
     parser.add_argument("--attacks", default="all", help=_ATTACKS_HELP)
     parser.add_argument(*options.both_spellings("--defences"), dest="defences", default="all",
-                        help="'all' (NGF, the baselines, the NGF ablations) or comma-separated defence names "
-                        "(default: all)")
+                        help="'all' (NGF, the paper's baselines and ablations, the NGF variants, the authors' "
+                        "successors FIP and NFT, FST's family and SAU) or comma-separated defence names (default: all)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (one backdoored model each; default 1)")
     parser.add_argument("--acc-budget", type=float, default=3.0,
                         help="most held-out clean-accuracy points a defence's chosen strength may cost (default 3)")
