@@ -66,3 +66,20 @@ def test_the_readme_generator_fills_an_empty_block_without_touching_the_next_one
     assert changed == ["a", "b"] and unknown == []
     assert new == ("<!-- table: a -->\n| x |\n| --- |\n| 1 |\n<!-- /table -->\n\nprose between\n\n"
                    "<!-- table: b -->\n| y |\n| --- |\n| 2 |\n<!-- /table -->\n")
+
+
+def test_reported_table_sets_their_numbers_beside_ours_and_marks_what_is_missing():
+    from ngfkit.viz.tables import reported_table
+
+    reported = {"dataset": "cifar10", "before": {"cells": {"badnets": {"asr": 100.0, "acc": 93.0},
+                                                           "wanet": {"asr": 98.6, "acc": 92.3}}},
+                "methods": {"nft": {"cells": {"badnets": {"asr": 1.74, "acc": 90.82}}}}}
+    cell = {"attack": "badnets", "defense": "nft", "seed": 0, "setting": "authors", "asr": 2.0, "acc_drop": 1.25}
+    ours = {"dataset": "fashion-mnist", "cells": [cell, {**cell, "seed": 1, "asr": 4.0, "acc_drop": 0.75}],
+            "before": [{"attack": "badnets", "seed": 0, "asr": 100.0}]}
+    lines = reported_table(reported, ours, methods=("nft",)).splitlines()
+    assert lines[0] == "| attack | before (cifar10) | nft (cifar10, theirs) | before (fashion-mnist, ours) | nft (fashion-mnist, ours) |"
+    assert lines[2] == "| badnets | 100.0 (93.0) | 1.7 (90.8) | 100.0 | 3.0 (+1.0) |"  # ours: mean of 2 seeds
+    assert len(lines) == 3  # wanet: in theirs only, so not shown
+    with pytest.raises(NgfkitError, match="shares no attack"):
+        reported_table(reported, {**ours, "cells": [{**cell, "attack": "lf"}]})

@@ -101,3 +101,37 @@ def demo_table(result: Mapping[str, Any]) -> str:
                                  "ratio": "× one forward pass"},
                           formats={"acc": ".2f", "asr": ".2f", "ra": ".2f", "seconds": ".1f", "ratio": ".1f"},
                           missing="")
+
+
+def reported_table(reported: Mapping[str, Any], ours: Mapping[str, Any], *, setting: str = "authors",
+                   methods: Sequence[str] = ("fip", "nft")) -> str:
+    """Markdown: per attack, the ASR % (C-ACC %) a successor paper reports for each of ``methods``
+    (``reported``, the layout of ``results/reported-cifar10.json``: *their* dataset and model) beside
+    the ASR % (C-ACC drop in points) the same defences leave in ``ours`` (a ``bench defences``
+    report) at ``setting``, mean over seeds; ``–`` where one side has no number. Attacks: those in
+    both."""
+    from ..bench.defences import cell_mean
+
+    def theirs(method: str, attack: str) -> str:
+        cell = reported["methods"].get(method, {}).get("cells", {}).get(attack)
+        return "–" if cell is None else f"{cell['asr']:.1f} ({cell['acc']:.1f})"
+
+    def mine(method: str, attack: str) -> str:
+        asr = cell_mean(ours, attack, method, "asr", setting)
+        return "–" if asr is None else f"{asr:.1f} ({cell_mean(ours, attack, method, 'acc_drop', setting):+.1f})"
+
+    ran = {c["attack"] for c in ours["cells"] if c["setting"] == setting}
+    attacks = [a for a in reported["before"]["cells"] if a in ran]
+    if not attacks:
+        raise NgfkitError("the report shares no attack with the reported numbers; run bench defences on "
+                          f"some of: {', '.join(reported['before']['cells'])}")
+    header = ["attack", f"before ({reported['dataset']})"] + [f"{m} ({reported['dataset']}, theirs)" for m in methods]
+    header += [f"before ({ours['dataset']}, ours)"] + [f"{m} ({ours['dataset']}, ours)" for m in methods]
+    rows = []
+    for attack in attacks:
+        before = reported["before"]["cells"][attack]
+        ours_before = [b["asr"] for b in ours["before"] if b["attack"] == attack]
+        rows.append([attack, f"{before['asr']:.1f} ({before['acc']:.1f})", *(theirs(m, attack) for m in methods),
+                     f"{sum(ours_before) / len(ours_before):.1f}" if ours_before else "–",
+                     *(mine(m, attack) for m in methods)])
+    return markdown_table(rows, header)
