@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from defence_helpers import state, tiny_clean, tiny_model
+from defence_helpers import quick_options, state, tiny_clean, tiny_model
 from errors_helper import one_line_error
 
 from ngfkit.bench.defences import _split_grid, defence_table, summarise
@@ -23,13 +23,8 @@ def changed_keys(before, after):
 def test_every_defence_returns_the_same_architecture_and_leaves_its_input_alone():
     model, data = tiny_model(), tiny_clean(48)
     original = state(model)
-    quick = {"ft": dict(steps=3), "ft-sam": dict(steps=2), "ft-last": dict(steps=5), "fp": dict(steps=2),
-             "anp": dict(iterations=2), "nad": dict(steps=2, teacher_steps=2), "i-bau": dict(rounds=1),
-             "ngf-sgd-body": dict(steps=3), "lp": dict(steps=5), "ft-init": dict(steps=3),
-             "fe-tuning": dict(steps=3), "fst": dict(steps=3), "fip": dict(steps=3), "fip-fast": dict(steps=3),
-             "nft": dict(steps=3), "sau": dict(steps=2)}
     for name in DEFENCES.names():
-        options = quick.get(name, {"steps": 5, "lr": 0.01} if name.startswith("ngf") else {})
+        options = quick_options(name)
         purified, history = purify(model, data, name, progress=False, **options)
         assert type(purified) is type(model), name
         shapes = {k: v.shape for k, v in purified.state_dict().items()}

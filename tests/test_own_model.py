@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from defence_helpers import quick_options
+
 from ngfkit.defences import DEFENCES, FeatureCache, HeadDefence, find_classifier, purify, select_and_purify
 from ngfkit.errors import NgfkitError
 from ngfkit.metrics import evaluate
@@ -61,6 +63,27 @@ def test_every_classifier_defence_purifies_a_users_model_on_a_tensor_dataset(met
     assert history["changed"] == "head" and type(purified) is MyCNN
     changed = {k for k, v in purified.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"out.weight", "out.bias"}, method
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # input untouched
+
+
+#: defences that need more of a model than a classifier, with what their one-line error asks for
+NEEDS_MORE = {"ngf-shift": "nn.Sequential", "anp": "no affine BatchNorm", "nad": "name them with the layers option"}
+
+
+@pytest.mark.parametrize("method", [n for n in DEFENCES.names() if n not in HEAD_DEFENCES])
+def test_every_other_defence_runs_on_a_users_model_or_says_in_one_line_what_it_needs(method):
+    torch.manual_seed(0)
+    model, data = named_cnn(), my_data(48)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    options = quick_options(method)
+    if method in NEEDS_MORE:
+        with pytest.raises(NgfkitError, match=NEEDS_MORE[method]) as info:
+            purify(model, data, method, device="cpu", progress=False, **options)
+        assert "\n" not in str(info.value)
+        return
+    purified, history = purify(model, data, method, device="cpu", progress=False, **options)
+    assert type(purified) is MyCNN and history["method"] == method
+    assert {k: v.shape for k, v in purified.state_dict().items()} == {k: v.shape for k, v in before.items()}
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # input untouched
 
 
