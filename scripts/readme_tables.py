@@ -20,7 +20,7 @@ from ngfkit.bench.defences import defence_table, reactivation_table, training_le
 from ngfkit.bench.sharpness import sharpness_table
 from ngfkit.bench.stability import stability_table
 from ngfkit.studies.reports import complete_attacks
-from ngfkit.viz.tables import demo_table
+from ngfkit.viz.tables import demo_table, reported_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -55,6 +55,12 @@ TABLES: dict[str, Callable[[], str]] = {
     "demo": lambda: demo_table(report("demo-fashion-mnist.json")),
     "protocol": lambda: defence_table(report("protocol-fashion-mnist-1epoch.json"), "authors"),
     "reactivation": lambda: reactivation_table(report("reactivation-fashion-mnist.json"), "authors"),
+    "protocol-long": lambda: defence_table(report("protocol-fashion-mnist-30epochs.json"), "authors"),
+    "everyone": lambda: first_table(defence_table(report("reactivation-fashion-mnist.json"), "authors")),
+    "low-poison": lambda: defence_table(report("low-poison-fashion-mnist.json"), "authors"),
+    "successors": lambda: defence_table(report("successors-fashion-mnist-1epoch.json"), "authors"),
+    "reported": lambda: reported_table(report("reported-cifar10.json"), report("successors-fashion-mnist-1epoch.json"),
+                                       methods=("fip", "nft")),
 }
 
 
