@@ -116,3 +116,15 @@ def test_the_stability_summary_scores_agreement_and_spread_against_the_floors():
     report["summary"] = list(rows.values())
     table = stability_table(report)
     assert "**no**" in table and "lr=0.01 (fixed)" in table and "lr=0.01 (100%)" in table
+
+
+def test_ngf_shift_auto_chooses_its_distillation_weight_from_clean_data_alone():
+    model, data = tiny_model(), tiny_clean(60)
+    purified, history = purify(model, data, "ngf-shift-auto", device="cpu", progress=False, steps=3, augment=1)
+    selection = history["selection"]
+    assert selection["knob"] == "distill" and [t["value"] for t in selection["tried"]] == [3.0, 1.0, 0.3, 0.1, 0.0]
+    assert history["setting"] == {"distill": selection["chosen"]} and selection["estimate"] == "holdout"
+    # with nothing to lose on random images, the rule takes the strongest defence: no distillation
+    assert selection["chosen"] == 0.0 and history["changed"] == "model"
+    with pytest.raises(NgfkitError, match="holdout"):
+        DEFENCES.get("ngf-shift-auto")(holdout=1.5)

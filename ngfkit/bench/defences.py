@@ -38,7 +38,7 @@ from ..utils import PeakMemory, versions, write_json
 PAPER_DEFENCES = ("ngf", "ft", "ft-last", "ft-sam", "anp", "nad", "fp", "i-bau",
                   "ngf-sgd-body", "ngf-noreg", "ngf-sampled", "ngf-kfac")
 #: the NGF family beyond the paper's text: the authors' code (two scripts) and ngfkit's feature-shifting variants
-NGF_VARIANTS = ("ngf-reference", "ngf-reference-reinit", "ngf-shift", "ngf-shift-all")
+NGF_VARIANTS = ("ngf-reference", "ngf-reference-reinit", "ngf-shift", "ngf-shift-auto", "ngf-shift-all")
 #: the NGF authors' successors: FIP (CCS 2024, and its singular-value variant) and NFT (ECCV 2024)
 SUCCESSORS = ("fip", "fip-fast", "nft")
 #: the defences of today's benchmarks: FST's tuning family (NeurIPS 2023) and SAU (NeurIPS 2023)
