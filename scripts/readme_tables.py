@@ -55,6 +55,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "demo": lambda: demo_table(report("demo-fashion-mnist.json")),
     "protocol": lambda: defence_table(report("protocol-fashion-mnist-1epoch.json"), "authors"),
     "reactivation": lambda: reactivation_table(report("reactivation-fashion-mnist.json"), "authors"),
+    "protocol-auto": lambda: defence_table(report("protocol-fashion-mnist-auto.json"), "authors"),
+    "ablation-distill": lambda: defence_table(report("ablation-shift-nodistill.json"), "authors"),
     "protocol-long": lambda: defence_table(report("protocol-fashion-mnist-30epochs.json"), "authors"),
     "everyone": lambda: first_table(defence_table(report("reactivation-fashion-mnist.json"), "authors")),
     "low-poison": lambda: defence_table(report("low-poison-fashion-mnist.json"), "authors"),
