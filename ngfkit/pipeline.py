@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, Attack, TriggerContext, create_attack
+from .attacks.base import checked_poison_rate
 from .checkpoint import (
     check_trigger,
     load_checkpoint,
@@ -74,6 +75,7 @@ class Experiment:
         attack_class = ATTACKS.get(self.attack) if self.attack is not None else None
         if self.poison_rate is None:  # a clean model keeps 0.1 in its key, as before this option existed
             self.poison_rate = attack_class.default_poison_rate if attack_class else 0.1
+        self.poison_rate = checked_poison_rate(self.poison_rate)
         self.clean_fraction = check.fraction(self.clean_fraction, "clean_fraction (--clean-fraction)",
                                              "it is the share of the training set held out, e.g. 0.01")
         self.seed = check.whole(self.seed, "seed (--seed)")

@@ -149,3 +149,13 @@ def test_merge_refuses_reports_of_another_clean_share_or_poison_rate(key: str, v
     theirs.write_text(json.dumps({**reference, key: value}))
     message = one_line_error(bench.merge_reports, [ours, theirs])
     assert key in message and "other settings" in message
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.5, float("nan")])
+def test_a_bad_poison_rate_is_refused_before_any_model_trains(rate: float, tmp_path: Path) -> None:
+    from ngfkit.bench.attacks import bench_attacks
+
+    for bench_call in (bench.bench_defences, bench_attacks):
+        message = one_line_error(bench_call, attacks="badnets", poison_rate=rate, progress=False,
+                                 data_root=tmp_path)  # no data there: a check after loading would fail otherwise
+        assert "poison rate must be in (0, 1)" in message

@@ -85,6 +85,14 @@ class TriggerContext:
     seed: int = 0
 
 
+def checked_poison_rate(rate: Any) -> float:
+    """``rate`` as a float in ``(0, 1)``, else one error line (shared by attacks and experiments,
+    so a benchmark refuses a bad ``--poison-rate`` before it trains anything)."""
+    if not 0.0 < float(rate) < 1.0:
+        raise NgfkitError(f"poison rate must be in (0, 1), got {rate}")
+    return float(rate)
+
+
 class Attack:
     """Base class of poisoning attacks. Subclasses implement :meth:`build_trigger` and :meth:`apply`.
 
@@ -132,9 +140,7 @@ class Attack:
         if unknown:
             raise NgfkitError(f"attack {self.name!r} has no parameter {sorted(unknown)[0]!r}; "
                               f"its parameters are: {', '.join(self.defaults) or 'none'}")
-        poison_rate = self.default_poison_rate if poison_rate is None else poison_rate
-        if not 0.0 < float(poison_rate) < 1.0:
-            raise NgfkitError(f"poison rate must be in (0, 1), got {poison_rate}")
+        poison_rate = checked_poison_rate(self.default_poison_rate if poison_rate is None else poison_rate)
         if not 0 <= int(target) < int(num_classes):
             raise NgfkitError(f"target class {target} is outside the {num_classes} classes (0..{num_classes - 1})")
         mode = mode or self.modes[0]
@@ -146,7 +152,7 @@ class Attack:
             raise NgfkitError(f"attacks need images shaped (C, H, W), got {self.image_shape}")
         self.num_classes = int(num_classes)
         self.target = int(target)
-        self.poison_rate = float(poison_rate)
+        self.poison_rate = poison_rate
         self.mode = mode
         self.seed = int(seed)
         self.params = {**self.defaults, **params}

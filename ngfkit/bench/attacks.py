@@ -43,8 +43,8 @@ def _row(exp: Experiment, trained, clean_acc: float) -> dict[str, Any]:
 
 def bench_attacks(dataset: str = "fashion-mnist", arch: str | None = None, attacks: str | Sequence[str] = "all",
                   *, seed: int = 0, train: TrainConfig | None = None, clean_fraction: float = 0.01,
-                  poison_rate: float | None = None, device: torch.device | str = "cpu", progress: bool = True, json_path: str | Path | None = None,
-                  data_root=None, download: bool = False) -> dict[str, Any]:
+                  poison_rate: float | None = None, device: torch.device | str = "cpu", progress: bool = True,
+                  json_path: str | Path | None = None, data_root=None, download: bool = False) -> dict[str, Any]:
     """Train (or load from the cache) a clean model and one backdoored model per attack.
 
     Returns ``{"dataset", "arch", "clean_acc", "attacks": [{"attack", "acc", "asr", "ra",
@@ -56,6 +56,9 @@ def bench_attacks(dataset: str = "fashion-mnist", arch: str | None = None, attac
     train = train or TrainConfig()
     start = time.perf_counter()
     base = Experiment(dataset=dataset, arch=arch, attack=None, clean_fraction=clean_fraction, seed=seed, train=train)
+    # every experiment is built (and its options checked) before the first model trains
+    experiments = [Experiment(dataset=dataset, arch=arch, attack=name, clean_fraction=clean_fraction, seed=seed,
+                              train=train, poison_rate=poison_rate) for name in names]
     splits = load_splits(base, data_root, download)
     clean = load_or_train(base, splits, device=device, progress=progress)
     report: dict[str, Any] = {"dataset": dataset, "arch": base.arch, "clean_acc": clean.meta["metrics"]["acc"],
@@ -63,9 +66,7 @@ def bench_attacks(dataset: str = "fashion-mnist", arch: str | None = None, attac
                               "train": train.to_dict(), "seed": seed, "clean_fraction": clean_fraction,
                               "poison_rate": poison_rate,
                               "device": str(device), "versions": versions()}
-    for name in names:
-        exp = Experiment(dataset=dataset, arch=arch, attack=name, clean_fraction=clean_fraction, seed=seed,
-                         train=train, poison_rate=poison_rate)
+    for name, exp in zip(names, experiments):
         trained = load_or_train(exp, splits, device=device, progress=progress)
         row = _row(exp, trained, report["clean_acc"])
         report["attacks"].append(row)

@@ -67,7 +67,8 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
                    defenses: str | Sequence[str] = "all", *, seeds: int | Sequence[int] = 1, acc_budget: float = 3.0,
                    holdout: float = 0.2, settings: Sequence[str] = SETTINGS, train: TrainConfig | None = None,
                    clean_fraction: float = 0.01, poison_rate: float | None = None,
-                   device: torch.device | str = "cpu", progress: bool = True, json_path: str | Path | None = None, data_root=None, download: bool = False,
+                   device: torch.device | str = "cpu", progress: bool = True,
+                   json_path: str | Path | None = None, data_root=None, download: bool = False,
                    defence_options: dict[str, dict] | None = None,
                    reactivation: bool | dict = False) -> dict[str, Any]:
     """Run every (attack, defence, seed, setting) cell not yet in ``json_path``; return the report.
@@ -95,9 +96,6 @@ def bench_defences(dataset: str = "fashion-mnist", arch: str | None = None, atta
     defence_options = defence_options or {}
     for name, options in defence_options.items():
         _split_grid(name, options)  # bad options fail now, not after an hour of cells
-    if poison_rate is not None:
-        poison_rate = check.number(poison_rate, "poison_rate (--poison-rate)", low=0.0, high=1.0, low_open=True,
-                                   high_open=True, fix="it is the share of the training set poisoned, e.g. 0.01")
     train = train or TrainConfig()
     retune = None
     if reactivation:
