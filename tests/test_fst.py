@@ -2,9 +2,10 @@
 trains, FST's norm constraint, seeding, the strength paths and one-line option errors."""
 import pytest
 import torch
+from defence_helpers import state
 from errors_helper import one_line_error
+from tiny_cnn import TinyCNN, changed, tiny_data, tiny_model
 from torch import nn
-from torch.utils.data import TensorDataset
 
 import ngfkit.defences.fst  # noqa: F401  (registers the four defences)
 from ngfkit.defences import DEFENCES, purify
@@ -14,40 +15,6 @@ from ngfkit.errors import NgfkitError
 CPU = torch.device("cpu")
 METHODS = ("lp", "ft-init", "fe-tuning", "fst")
 HEAD = {"out.weight", "out.bias"}
-
-
-class TinyCNN(nn.Module):
-    """Not an ngfkit architecture: BatchNorm, a hidden Linear, the classifier ``out`` found by a hook."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(2), nn.Flatten())
-        self.hidden = nn.Linear(16, 8)
-        self.out = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.hidden(self.conv(x))))
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return TinyCNN().eval()
-
-
-def tiny_data(n=24):
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(n) % 3
-    images = (torch.rand(n, 1, 8, 8, generator=g) * 0.5 + labels.view(-1, 1, 1, 1) * 0.25).clamp(0, 1)
-    return TensorDataset(images, labels.to(torch.int64))
-
-
-def state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def changed(before, after):
-    return {k for k in before if not torch.equal(before[k], after[k])}
 
 
 def run(method, model=None, data=None, **options):

@@ -5,10 +5,11 @@ import math
 
 import pytest
 import torch
+from defence_helpers import state
 from errors_helper import one_line_error
+from tiny_cnn import TinyCNN as UserCNN, changed, tiny_data
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.utils.data import TensorDataset
 
 import ngfkit.defences.nft  # noqa: F401  (registers nft)
 from ngfkit.defences import DEFENCES, purify
@@ -16,16 +17,12 @@ from ngfkit.defences import DEFENCES, purify
 FLOOR = {1: 0.8 * math.exp(-0.5), 2: 0.8 * math.exp(-1.0)}  # the authors' α e^(−βl), l = 1, 2
 
 
-class TinyCNN(nn.Module):
-    """Not an ngfkit architecture: a BatchNorm2d, a hidden Linear with a BatchNorm1d, the classifier ``out``."""
+class TinyCNN(UserCNN):
+    """The shared tiny CNN with a BatchNorm1d after its hidden Linear: two masked layers."""
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(2), nn.Flatten())
-        self.hidden = nn.Linear(16, 8)
         self.norm = nn.BatchNorm1d(8)
-        self.out = nn.Linear(8, 3)
 
     def forward(self, x):
         return self.out(torch.relu(self.norm(self.hidden(self.conv(x)))))
@@ -54,21 +51,6 @@ def tiny_model(cls=TinyCNN):
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
     return model
-
-
-def tiny_data(n=24):
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(n) % 3
-    images = (torch.rand(n, 1, 8, 8, generator=g) * 0.5 + labels.view(-1, 1, 1, 1) * 0.25).clamp(0, 1)
-    return TensorDataset(images, labels.to(torch.int64))
-
-
-def state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def changed(before, after):
-    return {k for k in before if not torch.equal(before[k], after[k])}
 
 
 def run(model=None, data=None, **options):

@@ -67,7 +67,7 @@ def test_every_classifier_defence_purifies_a_users_model_on_a_tensor_dataset(met
 
 
 #: defences that need more of a model than a classifier, with what their one-line error asks for
-NEEDS_MORE = {"ngf-shift": "nn.Sequential", "anp": "no affine BatchNorm", "nad": "name them with the layers option"}
+NEEDS_MORE = {"ngf-shift": "nn.Sequential", "ngf-shift-auto": "nn.Sequential", "anp": "no affine BatchNorm", "nad": "name them with the layers option"}
 
 
 @pytest.mark.parametrize("method", [n for n in DEFENCES.names() if n not in HEAD_DEFENCES])

@@ -5,9 +5,10 @@ import functools
 
 import pytest
 import torch
+from defence_helpers import state
 from errors_helper import one_line_error
+from tiny_cnn import TinyCNN, changed, tiny_data, tiny_model
 from torch import nn
-from torch.utils.data import TensorDataset
 
 import ngfkit.defences.sau  # noqa: F401  (registers the defence)
 from ngfkit.defences import DEFENCES, purify
@@ -16,25 +17,6 @@ from ngfkit.errors import NgfkitError
 from ngfkit.train import TrainConfig, train_model
 
 CPU = torch.device("cpu")
-
-
-class TinyCNN(nn.Module):
-    """Not an ngfkit architecture: BatchNorm, a hidden Linear, the classifier ``out`` found by a hook."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(2), nn.Flatten())
-        self.hidden = nn.Linear(16, 8)
-        self.out = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.hidden(self.conv(x))))
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return TinyCNN().eval()
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,21 +29,6 @@ def _trained():
 def trained_model():
     """The tiny CNN after a short fit, so its answers vary and a perturbation can flip them."""
     return copy.deepcopy(_trained())
-
-
-def tiny_data(n=24):
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(n) % 3
-    images = (torch.rand(n, 1, 8, 8, generator=g) * 0.5 + labels.view(-1, 1, 1, 1) * 0.25).clamp(0, 1)
-    return TensorDataset(images, labels.to(torch.int64))
-
-
-def state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def changed(before, after):
-    return {k for k in before if not torch.equal(before[k], after[k])}
 
 
 def run(model=None, data=None, **options):
